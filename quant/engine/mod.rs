@@ -1,0 +1,18 @@
+//! The integer inference engine: frozen layers that compute with i32 tensors only.
+//!
+//! A frozen layer holds integer weights `q_w - Z_w`, an int32 bias with scale `Si·Sw` and zero
+//! point 0, and a [`Requantizer`] holding `M = Si·Sw/So` as a fixed-point `m0 · 2^-31 · 2^-n`.
+//! Accumulation is exact in i32 (im2col by integer slicing, then an integer matmul). The engine
+//! uses only Burn tensor ops, so it runs on every backend.
+
+mod conv;
+mod fixed_point;
+mod linear;
+mod pool;
+mod requantizer;
+
+pub use conv::IntConv2d;
+pub use fixed_point::{FixedPointMultiplier, requantize, rounding_divide_by_pot};
+pub use linear::IntLinear;
+pub use pool::{int_max_pool2d, int_relu};
+pub use requantizer::Requantizer;

@@ -1,0 +1,73 @@
+//! Per-layer requantization: i32 accumulator → output grid.
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::fixed_point::{FixedPointMultiplier, requantize};
+
+/// Maps an i32 accumulator with scale `Si·Sw[c]` to the output grid:
+/// `clamp(M[c]·acc + Zo, qmin, qmax)` with `M[c] = Si·Sw[c]/So` in fixed point.
+#[derive(Debug, Clone)]
+pub struct Requantizer {
+    /// The fixed-point multipliers, one per output channel (or one).
+    pub multipliers: Vec<FixedPointMultiplier>,
+    /// Output zero point `Zo`.
+    pub output_zero_point: i32,
+    /// Output grid.
+    pub qmin: i32,
+    /// Output grid.
+    pub qmax: i32,
+    m0: Tensor<1, Int>,
+    left: Tensor<1, Int>,
+    right: Tensor<1, Int>,
+}
+
+impl Requantizer {
+    /// Builds the multipliers `M[c] = input_scale · weight_scale[c] / output_scale`.
+    pub fn new(
+        input_scale: f32,
+        weight_scales: &[f32],
+        output_scale: f32,
+        output_zero_point: i32,
+        (qmin, qmax): (i32, i32),
+        device: &Device,
+    ) -> Self {
+        let multipliers: Vec<FixedPointMultiplier> = weight_scales
+            .iter()
+            .map(|&sw| {
+                FixedPointMultiplier::from_real(
+                    input_scale as f64 * sw as f64 / output_scale as f64,
+                )
+            })
+            .collect();
+        let column = |f: &dyn Fn(&FixedPointMultiplier) -> i32| {
+            let values: Vec<i32> = multipliers.iter().map(f).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(values, [multipliers.len()]), device)
+        };
+        Self {
+            m0: column(&|m| m.m0),
+            left: column(&|m| (-m.shift).max(0)),
+            right: column(&|m| m.shift.max(0)),
+            multipliers,
+            output_zero_point,
+            qmin,
+            qmax,
+        }
+    }
+
+    /// Requantizes `acc`, whose channels lie along `axis`.
+    pub fn apply<const D: usize>(&self, acc: Tensor<D, Int>, axis: usize) -> Tensor<D, Int> {
+        let shape = acc.dims();
+        let mut param_shape = [1usize; D];
+        if self.multipliers.len() > 1 {
+            param_shape[axis] = self.multipliers.len();
+        }
+        let expand = |t: &Tensor<1, Int>| t.clone().reshape(param_shape).expand(shape);
+        let y = requantize(
+            acc,
+            expand(&self.m0),
+            expand(&self.left),
+            expand(&self.right),
+        );
+        (y + self.output_zero_point).clamp(self.qmin, self.qmax)
+    }
+}

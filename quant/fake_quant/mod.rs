@@ -1,0 +1,147 @@
+//! Fake quantization (quantize then dequantize) as a Burn backend extension op with a
+//! straight-through-estimator (STE) backward pass.
+//!
+//! Layers:
+//! - [`FakeQuantBackend`]: the backend extension trait. The CPU backends use the default body
+//!   (a few elementwise backend ops); the CubeCL backend runs one fused kernel (`cube.rs`);
+//!   `Autodiff<B, C>` wraps the inner backend's forward and registers its own `Backward`
+//!   (`autodiff.rs`), so `round` never kills the gradient.
+//! - [`fake_quant`]: the `Tensor<D>` function that module code calls.
+
+// `NdArray` is deprecated by Burn but still supported here behind its feature.
+#![allow(deprecated)]
+
+mod autodiff;
+#[cfg(feature = "wgpu")]
+mod cube;
+
+use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor};
+use burn::tensor::{Shape, Tensor};
+
+use crate::QParams;
+
+/// Backend extension providing the fused fake-quant op.
+///
+/// `scale` and `zero_point` have shape `[C]`; with `C == 1` they apply to the whole tensor,
+/// otherwise channel `c` applies along `axis`. Forward:
+/// `y = (clamp(round(x / S) + Z, qmin, qmax) - Z) * S` (rounding half to even).
+/// `clipped_ste` only matters under autodiff: `false` passes the gradient unchanged (identity
+/// STE), `true` zeroes it where `round(x / S) + Z` falls outside `[qmin, qmax]`.
+#[backend_extension(
+    Autodiff,
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "wgpu")
+)]
+pub trait FakeQuantBackend: Backend {
+    /// Fake-quantizes `x` with per-tensor or per-channel parameters.
+    #[fusion(dtype = x, shape = x)]
+    fn fake_quant(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        zero_point: FloatTensor<Self>,
+        axis: usize,
+        qmin: i32,
+        qmax: i32,
+        clipped_ste: bool,
+    ) -> FloatTensor<Self> {
+        let _ = clipped_ste;
+        let rank = x.shape().num_dims();
+        let scale = broadcast_channels::<Self>(scale, rank, axis);
+        let zero_point = broadcast_channels::<Self>(zero_point, rank, axis);
+        let q = Self::float_add(
+            Self::float_round(Self::float_div(x, scale.clone())),
+            zero_point.clone(),
+        );
+        let q = Self::float_clamp(q, (qmin as f32).into(), (qmax as f32).into());
+        Self::float_mul(Self::float_sub(q, zero_point), scale)
+    }
+}
+
+#[cfg(feature = "flex")]
+impl FakeQuantBackend for burn::backend::Flex {}
+
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)]
+impl FakeQuantBackend for burn::backend::NdArray {}
+
+/// Reshapes a `[C]` parameter so it broadcasts along `axis` of a rank-`rank` tensor.
+pub(crate) fn broadcast_channels<B: Backend>(
+    param: FloatTensor<B>,
+    rank: usize,
+    axis: usize,
+) -> FloatTensor<B> {
+    let channels = param.shape().num_elements();
+    let mut dims = vec![1usize; rank];
+    if channels > 1 {
+        dims[axis] = channels;
+    }
+    B::float_reshape(param, Shape::from(dims))
+}
+
+/// Which gradient the straight-through estimator lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ste {
+    /// The gradient passes unchanged (the reference's `FakeQuantize`).
+    #[default]
+    Identity,
+    /// The gradient is zeroed where the input was clipped to the grid (PyTorch's choice).
+    Clipped,
+}
+
+/// Fake-quantizes a tensor: quantize with `qparams`, then dequantize, with an STE backward.
+///
+/// `qparams` must live on the tensor's device. Panics when a per-channel parameter count does
+/// not match the tensor's size along the channel axis.
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use burn_quant::{QParams, QuantScheme, Ste, default_device, fake_quant};
+/// let device = default_device().unwrap();
+/// let qp = QParams::from_bounds(-1.0, 1.0, QuantScheme::affine(2).unwrap(), &device).unwrap();
+/// let x = Tensor::<1>::from_floats([-2.0, -0.4, 0.1, 0.9], &device);
+/// let y = fake_quant(x, &qp, Ste::Identity).into_data().try_to_vec::<f32>().unwrap();
+/// // S = 2/3, Z = 2: representable values are -4/3, -2/3, 0, 2/3.
+/// let s = 2.0f32 / 3.0;
+/// assert_eq!(y, vec![-2.0 * s, -s, 0.0, s]);
+/// ```
+pub fn fake_quant<const D: usize>(x: Tensor<D>, qparams: &QParams, ste: Ste) -> Tensor<D> {
+    let (axis, channels) = qparams.axis_and_channels();
+    if channels > 1 {
+        assert!(
+            axis < D && x.dims()[axis] == channels,
+            "fake_quant: {channels} per-channel parameters along axis {axis} do not fit a tensor of shape {:?}",
+            x.dims()
+        );
+    }
+    fake_quant_on_grid(
+        x,
+        qparams.scale.clone(),
+        qparams.zero_point.clone(),
+        axis,
+        (qparams.scheme.qmin(), qparams.scheme.qmax()),
+        ste,
+    )
+}
+
+/// [`fake_quant`] on an arbitrary integer grid `[qmin, qmax]` (e.g. the int32 bias grid).
+pub(crate) fn fake_quant_on_grid<const D: usize>(
+    x: Tensor<D>,
+    scale: Tensor<1>,
+    zero_point: Tensor<1>,
+    axis: usize,
+    (qmin, qmax): (i32, i32),
+    ste: Ste,
+) -> Tensor<D> {
+    let out = Dispatch::fake_quant(
+        x.into_dispatch(),
+        scale.into_dispatch(),
+        zero_point.into_dispatch(),
+        axis,
+        qmin,
+        qmax,
+        ste == Ste::Clipped,
+    );
+    Tensor::from_dispatch(out)
+}

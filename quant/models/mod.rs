@@ -1,0 +1,5 @@
+//! Reference models.
+
+mod net;
+
+pub use net::{IntNet, LayerOutputs, Net, QNet};

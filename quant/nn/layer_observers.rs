@@ -1,0 +1,172 @@
+//! The observers of a layer with weights (input, weight, output) and its freezing.
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::{QConfig, Quantized};
+use crate::engine::Requantizer;
+use crate::fake_quant::fake_quant_on_grid;
+use crate::{MinMaxObserver, QParams, QuantError, Ste, quantize};
+
+/// Grid of the int32 bias.
+const BIAS_GRID: (i32, i32) = (-i32::MAX, i32::MAX);
+
+/// Input (optional: it may be the previous layer's output), weight and output observers.
+#[derive(Module, Debug)]
+pub struct LayerObservers {
+    /// Input observer; `None` when the input arrives quantized from the previous layer.
+    pub input: Option<MinMaxObserver>,
+    /// Weight observer.
+    pub weight: MinMaxObserver,
+    /// Output observer.
+    pub output: MinMaxObserver,
+    #[module(skip)]
+    quantize_bias: bool,
+    #[module(skip)]
+    ste: Ste,
+}
+
+/// The integer form of a layer's weights, bias and requantization.
+#[derive(Debug, Clone)]
+pub struct FrozenWeights<const D: usize> {
+    /// `q_w - Z_w`.
+    pub weight: Tensor<D, Int>,
+    /// `round(b / (Si·Sw))`, zero point 0.
+    pub bias: Tensor<1, Int>,
+    /// Input zero point.
+    pub input_zero_point: i32,
+    /// `M = Si·Sw/So` in fixed point, output zero point and grid.
+    pub requantizer: Requantizer,
+    /// Parameters of the output grid.
+    pub output: QParams,
+}
+
+impl LayerObservers {
+    /// Observers for a weight with `channels` output channels along `weight_axis`.
+    pub fn new(
+        qconfig: &QConfig,
+        observe_input: bool,
+        channels: usize,
+        weight_axis: usize,
+        device: &Device,
+    ) -> Self {
+        Self {
+            input: observe_input.then(|| qconfig.activation_observer(device)),
+            weight: qconfig.weight_observer(channels, weight_axis, device),
+            output: qconfig.activation_observer(device),
+            quantize_bias: qconfig.quantize_bias,
+            ste: qconfig.ste,
+        }
+    }
+
+    /// Fake-quantizes the input with the own input observer, or takes the previous grid.
+    pub fn quantize_input<const D: usize>(&self, x: Quantized<D>) -> (Tensor<D>, QParams) {
+        match (&self.input, x.qparams) {
+            (Some(observer), _) => observer.observe_and_fake_quant(x.tensor),
+            (None, Some(qparams)) => (x.tensor, qparams),
+            (None, None) => panic!(
+                "a layer without an input observer needs a quantized input (from a layer with an output observer)"
+            ),
+        }
+    }
+
+    /// Fake-quantizes the weight, and the bias on the `Si·Sw` grid when configured.
+    pub fn quantize_parameters<const D: usize>(
+        &self,
+        weight: Tensor<D>,
+        bias: Option<Tensor<1>>,
+        input: &QParams,
+    ) -> (Tensor<D>, Option<Tensor<1>>) {
+        let (weight, weight_qparams) = self.weight.observe_and_fake_quant(weight);
+        let bias = match bias {
+            Some(bias) if self.quantize_bias => {
+                let scale = weight_qparams.scale * input.scale.clone();
+                let zero = scale.zeros_like();
+                Some(fake_quant_on_grid(
+                    bias, scale, zero, 0, BIAS_GRID, self.ste,
+                ))
+            }
+            bias => bias,
+        };
+        (weight, bias)
+    }
+
+    /// Fake-quantizes the output.
+    pub fn quantize_output<const D: usize>(&self, y: Tensor<D>) -> Quantized<D> {
+        let (tensor, qparams) = self.output.observe_and_fake_quant(y);
+        Quantized {
+            tensor,
+            qparams: Some(qparams),
+        }
+    }
+
+    /// Input parameters: the own observer's, or `previous`.
+    pub fn input_qparams(&self, previous: Option<&QParams>) -> Result<QParams, QuantError> {
+        match (&self.input, previous) {
+            (Some(observer), _) => observer.checked_qparams(),
+            (None, Some(qparams)) => Ok(qparams.clone()),
+            (None, None) => Err(QuantError::NotCalibrated),
+        }
+    }
+
+    /// Integer weights, bias and requantizer (pass a zero bias for a layer without one).
+    pub fn freeze_weights<const D: usize>(
+        &self,
+        weight: Tensor<D>,
+        bias: Tensor<1>,
+        input: &QParams,
+    ) -> Result<FrozenWeights<D>, QuantError> {
+        let device = weight.device();
+        let weight_qparams = self.weight.checked_qparams()?;
+        let output = self.output.checked_qparams()?;
+        let (si, zi) = host_scalar(input);
+        let (so, zo) = host_scalar(&output);
+        let (sw, _) = weight_qparams.to_host();
+        let (_, zw) = weight_qparams.broadcast::<D>();
+        let weight = quantize(weight, &weight_qparams) - zw.int();
+        let bias = freeze_bias(bias, si, &sw);
+        let requantizer = Requantizer::new(
+            si,
+            &sw,
+            so,
+            zo,
+            (output.scheme.qmin(), output.scheme.qmax()),
+            &device,
+        );
+        Ok(FrozenWeights {
+            weight,
+            bias,
+            input_zero_point: zi,
+            requantizer,
+            output,
+        })
+    }
+}
+
+/// `round(b / (si · sw[c]))` on the int32 grid, rounding half to even like the fake path.
+fn freeze_bias(bias: Tensor<1>, si: f32, sw: &[f32]) -> Tensor<1, Int> {
+    let device = bias.device();
+    let values = bias
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 bias");
+    let limit = BIAS_GRID.1 as f32;
+    let ints: Vec<i32> = values
+        .iter()
+        .enumerate()
+        .map(|(c, &b)| {
+            let scale = si * sw[if sw.len() > 1 { c } else { 0 }];
+            (b / scale).round_ties_even().clamp(-limit, limit) as i32
+        })
+        .collect();
+    let n = ints.len();
+    Tensor::from_data(TensorData::new(ints, [n]), &device)
+}
+
+/// Per-tensor scale and zero point on the host; activations are always per tensor.
+pub(crate) fn host_scalar(qparams: &QParams) -> (f32, i32) {
+    let (scale, zero_point) = qparams.to_host();
+    assert_eq!(scale.len(), 1, "activations must be quantized per tensor");
+    (scale[0], zero_point[0])
+}

@@ -1,0 +1,95 @@
+//! Quantized 2-D convolution.
+
+use burn::module::Module;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Tensor, module::conv2d, ops::ConvOptions};
+
+use super::{LayerObservers, QConfig, Quantized};
+use crate::engine::IntConv2d;
+use crate::{QParams, QuantError};
+
+/// A [`Conv2d`] with input (optional), weight and output observers.
+#[derive(Module, Debug)]
+pub struct QConv2d {
+    /// The wrapped float convolution (trained in place by QAT).
+    pub conv: Conv2d,
+    /// Its observers.
+    pub observers: LayerObservers,
+}
+
+impl QConv2d {
+    /// Wraps `conv`; `observe_input` gives it its own input observer (first layer).
+    pub fn new(conv: Conv2d, qconfig: &QConfig, observe_input: bool) -> Self {
+        let device = conv.weight.val().device();
+        let channels = conv.weight.dims()[0];
+        let observers = LayerObservers::new(qconfig, observe_input, channels, 0, &device);
+        Self { conv, observers }
+    }
+
+    /// Float forward.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(x)
+    }
+
+    /// Fake-quantized forward: input (if observed here), weight and output are fake-quantized,
+    /// observers update while observing.
+    pub fn forward_fq(&self, x: Quantized<4>) -> Quantized<4> {
+        let (x, input) = self.observers.quantize_input(x);
+        let bias = self.conv.bias.as_ref().map(|b| b.val());
+        let (weight, bias) =
+            self.observers
+                .quantize_parameters(self.conv.weight.val(), bias, &input);
+        let y = conv2d(x, weight, bias, self.options());
+        self.observers.quantize_output(y)
+    }
+
+    fn options(&self) -> ConvOptions<2> {
+        ConvOptions::new(
+            self.conv.stride,
+            padding(&self.conv.padding),
+            self.conv.dilation,
+            self.conv.groups,
+        )
+    }
+
+    /// The integer layer, given the grid of its input (ignored when it observes its own).
+    pub fn to_integer(&self, previous: Option<&QParams>) -> Result<IntConv2d, QuantError> {
+        assert!(
+            self.conv.stride == [1, 1]
+                && self.conv.dilation == [1, 1]
+                && padding(&self.conv.padding) == [0, 0],
+            "the integer engine supports stride 1, dilation 1 and no padding"
+        );
+        let input = self.observers.input_qparams(previous)?;
+        let weight = self.conv.weight.val();
+        let [out, depth, kh, kw] = weight.dims();
+        let bias = match &self.conv.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([out], &weight.device()),
+        };
+        let frozen = self.observers.freeze_weights(weight, bias, &input)?;
+        let groups = self.conv.groups;
+        Ok(IntConv2d {
+            weight: frozen
+                .weight
+                .reshape([groups, out / groups, depth * kh * kw]),
+            bias: frozen.bias,
+            input_zero_point: frozen.input_zero_point,
+            kernel_size: [kh, kw],
+            requantizer: frozen.requantizer,
+            output: frozen.output,
+        })
+    }
+}
+
+/// Symmetric padding of a config; `Same` and asymmetric padding are not supported.
+fn padding(config: &PaddingConfig2d) -> [usize; 2] {
+    match *config {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        ref other => panic!("QConv2d supports valid or symmetric explicit padding, got {other:?}"),
+    }
+}

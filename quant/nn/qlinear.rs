@@ -1,0 +1,63 @@
+//! Quantized fully connected layer.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::tensor::{Tensor, module::linear};
+
+use super::{LayerObservers, QConfig, Quantized};
+use crate::engine::IntLinear;
+use crate::{QParams, QuantError};
+
+/// A [`Linear`] (row layout, weight `[in, out]`) with input (optional), weight and output
+/// observers. Per-channel weight parameters run along the output axis 1.
+#[derive(Module, Debug)]
+pub struct QLinear {
+    /// The wrapped float layer.
+    pub linear: Linear,
+    /// Its observers.
+    pub observers: LayerObservers,
+}
+
+impl QLinear {
+    /// Wraps `linear`; `observe_input` gives it its own input observer.
+    pub fn new(linear: Linear, qconfig: &QConfig, observe_input: bool) -> Self {
+        let device = linear.weight.val().device();
+        let channels = linear.weight.dims()[1];
+        let observers = LayerObservers::new(qconfig, observe_input, channels, 1, &device);
+        Self { linear, observers }
+    }
+
+    /// Float forward.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.linear.forward(x)
+    }
+
+    /// Fake-quantized forward.
+    pub fn forward_fq(&self, x: Quantized<2>) -> Quantized<2> {
+        let (x, input) = self.observers.quantize_input(x);
+        let bias = self.linear.bias.as_ref().map(|b| b.val());
+        let (weight, bias) =
+            self.observers
+                .quantize_parameters(self.linear.weight.val(), bias, &input);
+        self.observers.quantize_output(linear(x, weight, bias))
+    }
+
+    /// The integer layer, given the grid of its input (ignored when it observes its own).
+    pub fn to_integer(&self, previous: Option<&QParams>) -> Result<IntLinear, QuantError> {
+        let input = self.observers.input_qparams(previous)?;
+        let weight = self.linear.weight.val();
+        let out = weight.dims()[1];
+        let bias = match &self.linear.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([out], &weight.device()),
+        };
+        let frozen = self.observers.freeze_weights(weight, bias, &input)?;
+        Ok(IntLinear {
+            weight: frozen.weight,
+            bias: frozen.bias,
+            input_zero_point: frozen.input_zero_point,
+            requantizer: frozen.requantizer,
+            output: frozen.output,
+        })
+    }
+}

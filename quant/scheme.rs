@@ -1,0 +1,190 @@
+//! How a tensor is quantized: bit width, signedness, affine or symmetric, granularity.
+
+use crate::QuantError;
+
+/// Smallest supported bit width.
+pub const MIN_BITS: u32 = 1;
+/// Largest supported bit width.
+pub const MAX_BITS: u32 = 16;
+
+/// Whether the integer grid is signed (`[-2^(b-1), 2^(b-1)-1]`) or unsigned (`[0, 2^b-1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signedness {
+    /// `[0, 2^b - 1]`, the reference's choice for weights and activations.
+    Unsigned,
+    /// `[-2^(b-1), 2^(b-1) - 1]`.
+    Signed,
+}
+
+/// How the real range is mapped onto the integer grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantMode {
+    /// Scale and zero point from `[min, max]` (Jacob et al. 2018).
+    Affine,
+    /// Scale from `max(|min|, |max|)`, zero point fixed at the middle of the grid
+    /// (0 when signed, `2^(b-1)` when unsigned).
+    Symmetric,
+}
+
+/// One set of quantization parameters for the whole tensor, or one per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// A single scale and zero point.
+    PerTensor,
+    /// One scale and zero point per index along `axis`.
+    PerChannel {
+        /// The channel axis (e.g. 0 for conv weights `[out, in, kh, kw]`).
+        axis: usize,
+    },
+}
+
+/// A validated quantization scheme.
+///
+/// ```
+/// use burn_quant::{QuantScheme, Signedness};
+/// let scheme = QuantScheme::affine(4).unwrap();
+/// assert_eq!((scheme.qmin(), scheme.qmax()), (0, 15));
+/// let signed = QuantScheme::symmetric(8).unwrap();
+/// assert_eq!(signed.signedness(), Signedness::Signed);
+/// assert!(QuantScheme::affine(0).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantScheme {
+    bits: u32,
+    signedness: Signedness,
+    mode: QuantMode,
+    granularity: Granularity,
+}
+
+impl QuantScheme {
+    /// A scheme with every field given; fails when `bits` is outside `1..=16`.
+    pub fn new(
+        bits: u32,
+        signedness: Signedness,
+        mode: QuantMode,
+        granularity: Granularity,
+    ) -> Result<Self, QuantError> {
+        if !(MIN_BITS..=MAX_BITS).contains(&bits) {
+            return Err(QuantError::BitsOutOfRange {
+                bits,
+                min: MIN_BITS,
+                max: MAX_BITS,
+            });
+        }
+        Ok(Self {
+            bits,
+            signedness,
+            mode,
+            granularity,
+        })
+    }
+
+    /// Unsigned affine per-tensor: the reference's scheme for weights and activations.
+    pub fn affine(bits: u32) -> Result<Self, QuantError> {
+        Self::new(
+            bits,
+            Signedness::Unsigned,
+            QuantMode::Affine,
+            Granularity::PerTensor,
+        )
+    }
+
+    /// Signed symmetric per-tensor (zero point 0).
+    pub fn symmetric(bits: u32) -> Result<Self, QuantError> {
+        Self::new(
+            bits,
+            Signedness::Signed,
+            QuantMode::Symmetric,
+            Granularity::PerTensor,
+        )
+    }
+
+    /// The same scheme with one set of parameters per index along `axis`.
+    pub fn per_channel(self, axis: usize) -> Self {
+        Self {
+            granularity: Granularity::PerChannel { axis },
+            ..self
+        }
+    }
+
+    /// Bit width.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// Signed or unsigned grid.
+    pub fn signedness(&self) -> Signedness {
+        self.signedness
+    }
+
+    /// Affine or symmetric.
+    pub fn mode(&self) -> QuantMode {
+        self.mode
+    }
+
+    /// Per tensor or per channel.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+
+    /// Smallest integer of the grid.
+    pub fn qmin(&self) -> i32 {
+        match self.signedness {
+            Signedness::Unsigned => 0,
+            Signedness::Signed => -(1i32 << (self.bits - 1)),
+        }
+    }
+
+    /// Largest integer of the grid.
+    pub fn qmax(&self) -> i32 {
+        match self.signedness {
+            Signedness::Unsigned => (1i32 << self.bits) - 1,
+            Signedness::Signed => (1i32 << (self.bits - 1)) - 1,
+        }
+    }
+
+    /// The zero point used in symmetric mode: the middle of the grid, rounded down.
+    pub fn symmetric_zero_point(&self) -> i32 {
+        (self.qmin() + self.qmax() + 1).div_euclid(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_bounds() {
+        let u = QuantScheme::affine(8).unwrap();
+        assert_eq!((u.qmin(), u.qmax()), (0, 255));
+        let s = QuantScheme::symmetric(8).unwrap();
+        assert_eq!((s.qmin(), s.qmax()), (-128, 127));
+        assert_eq!(s.symmetric_zero_point(), 0);
+        let one = QuantScheme::affine(1).unwrap();
+        assert_eq!((one.qmin(), one.qmax()), (0, 1));
+        let wide = QuantScheme::affine(16).unwrap();
+        assert_eq!(wide.qmax(), 65535);
+        let mid = QuantScheme::new(
+            4,
+            Signedness::Unsigned,
+            QuantMode::Symmetric,
+            Granularity::PerTensor,
+        )
+        .unwrap();
+        assert_eq!(mid.symmetric_zero_point(), 8);
+    }
+
+    #[test]
+    fn bits_out_of_range_are_rejected() {
+        for bits in [0, 17, 32] {
+            assert_eq!(
+                QuantScheme::affine(bits),
+                Err(QuantError::BitsOutOfRange {
+                    bits,
+                    min: 1,
+                    max: 16
+                })
+            );
+        }
+    }
+}

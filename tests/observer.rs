@@ -1,0 +1,117 @@
+//! Observers: running and EMA ranges, freezing, bad input, and saving with the model.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn_quant::{MinMaxObserverConfig, QuantError, QuantScheme, set_observing};
+use common::{device, to_vec};
+
+fn range(obs: &burn_quant::MinMaxObserver) -> (Vec<f32>, Vec<f32>) {
+    let (min, max) = obs.range();
+    (to_vec(min), to_vec(max))
+}
+
+#[test]
+fn running_min_max_only_grows() {
+    let device = device();
+    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap()).init(&device);
+    obs.update(&Tensor::<1>::from_floats([-1.0, 2.0], &device));
+    obs.update(&Tensor::<1>::from_floats([-0.5, 0.5], &device));
+    assert_eq!(range(&obs), (vec![-1.0], vec![2.0]));
+    obs.update(&Tensor::<1>::from_floats([3.0], &device));
+    assert_eq!(range(&obs), (vec![-1.0], vec![3.0]));
+}
+
+#[test]
+fn ema_min_max_moves_both_ways() {
+    let device = device();
+    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap())
+        .with_ema_momentum(0.5)
+        .init(&device);
+    obs.update(&Tensor::<1>::from_floats([-2.0, 4.0], &device));
+    assert_eq!(range(&obs), (vec![-2.0], vec![4.0]));
+    obs.update(&Tensor::<1>::from_floats([0.0, 2.0], &device));
+    assert_eq!(range(&obs), (vec![-1.0], vec![3.0]));
+}
+
+#[test]
+fn per_channel_ranges() {
+    let device = device();
+    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap().per_channel(1))
+        .with_channels(2)
+        .init(&device);
+    obs.update(&Tensor::<2>::from_floats(
+        [[1.0, -3.0], [-2.0, 5.0], [0.5, 0.0]],
+        &device,
+    ));
+    assert_eq!(range(&obs), (vec![-2.0, -3.0], vec![1.0, 5.0]));
+    assert_eq!(obs.qparams().scale.dims(), [2]);
+}
+
+#[test]
+fn frozen_observer_keeps_its_range() {
+    let device = device();
+    let obs = MinMaxObserverConfig::new(QuantScheme::affine(4).unwrap()).init(&device);
+    let _ = obs.fake_quant(Tensor::<1>::from_floats([-1.0, 1.0], &device));
+    let obs = obs.frozen(true);
+    let y = obs.fake_quant(Tensor::<1>::from_floats([-10.0, 10.0], &device));
+    assert_eq!(range(&obs), (vec![-1.0], vec![1.0]));
+    // Values outside the frozen range are clipped to the ends of its grid.
+    let (scale, zp) = obs.qparams().to_host();
+    let ends = vec![
+        (0 - zp[0]) as f32 * scale[0],
+        (15 - zp[0]) as f32 * scale[0],
+    ];
+    assert_eq!(to_vec(y), ends);
+    // `valid()` also stops observing; `set_observing` switches it back on.
+    let obs = set_observing(obs, true);
+    assert!(obs.is_observing());
+    assert!(!obs.valid().is_observing());
+}
+
+#[test]
+fn nan_and_inf_are_ignored() {
+    let device = device();
+    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap()).init(&device);
+    obs.update(&Tensor::<1>::from_floats(
+        [f32::NAN, -1.5, f32::INFINITY, 2.5, f32::NEG_INFINITY],
+        &device,
+    ));
+    assert_eq!(range(&obs), (vec![-1.5], vec![2.5]));
+    let (scale, _) = obs.qparams().to_host();
+    assert!(scale[0].is_finite() && scale[0] > 0.0);
+    // A batch of only NaNs leaves an empty range with the documented unit scale.
+    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap()).init(&device);
+    obs.update(&Tensor::<1>::from_floats([f32::NAN, f32::NAN], &device));
+    assert_eq!(obs.qparams().to_host(), (vec![1.0], vec![255]));
+}
+
+#[test]
+fn empty_tensors_are_ignored_and_uncalibrated_is_an_error() {
+    let device = device();
+    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap()).init(&device);
+    obs.update(&Tensor::<2>::zeros([0, 3], &device));
+    assert!(matches!(
+        obs.checked_qparams(),
+        Err(QuantError::NotCalibrated)
+    ));
+    obs.update(&Tensor::<1>::from_floats([0.5], &device));
+    assert!(obs.checked_qparams().is_ok());
+}
+
+#[test]
+fn state_is_saved_with_the_module() {
+    let device = device();
+    let config = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap());
+    let obs = config.init(&device);
+    obs.update(&Tensor::<1>::from_floats([-0.123, 4.567], &device));
+    let dir = std::env::temp_dir().join(format!("burn-quant-obs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("observer.bpk");
+    obs.clone().save_file(&path).unwrap();
+    let loaded = config.init(&device).load_file(&path);
+    assert_eq!(range(&loaded), range(&obs));
+    assert_eq!(to_vec(loaded.updates.value()), vec![1.0]);
+    std::fs::remove_dir_all(&dir).ok();
+}
