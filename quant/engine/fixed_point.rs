@@ -1,5 +1,5 @@
-//! Fixed-point requantization multipliers, applied as gemmlowp/TFLite do, with i32 tensor ops
-//! only (so it also runs where 64-bit integers are not available, e.g. WGSL).
+//! Fixed-point requantization multipliers, applied with i32 tensor ops only (so they also run
+//! where 64-bit integers are not available, e.g. WGSL).
 
 use burn::tensor::{Int, Tensor};
 
@@ -52,27 +52,16 @@ impl FixedPointMultiplier {
         self.m0 as f64 * 2f64.powi(-31 - self.shift)
     }
 
-    /// Scalar reference: `RoundingDivideByPOT(SaturatingRoundingDoublingHighMul(x << left, m0), right)`.
+    /// Scalar reference: `x · m0 · 2^-(31 + shift)` rounded once to nearest, ties away from
+    /// zero, computed exactly.
     pub fn apply(self, x: i32) -> i32 {
         let (left, right) = (self.shift.min(0).unsigned_abs(), self.shift.max(0) as u32);
-        let x = (x as i64) << left;
-        let x = x.clamp(i32::MIN as i64 + 1, i32::MAX as i64);
-        let ab = x * self.m0 as i64;
-        let nudge = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-        let high = ((ab + nudge) / (1i64 << 31)) as i32; // C++ division truncates toward zero
-        rounding_divide_by_pot(high, right)
+        let x = ((x as i64) << left).clamp(-(i32::MAX as i64), i32::MAX as i64);
+        let total = 31 + right;
+        let product = x.unsigned_abs() as u128 * self.m0 as u128;
+        let magnitude = (product + (1u128 << (total - 1))) >> total;
+        (magnitude as i64 * x.signum()) as i32
     }
-}
-
-/// gemmlowp's `RoundingDivideByPOT`: `x / 2^exponent`, rounding half away from zero.
-pub fn rounding_divide_by_pot(x: i32, exponent: u32) -> i32 {
-    if exponent == 0 {
-        return x;
-    }
-    let mask = (1i64 << exponent) - 1;
-    let remainder = x as i64 & mask;
-    let threshold = (mask >> 1) + i64::from(x < 0);
-    (x >> exponent) + i32::from(remainder > threshold)
 }
 
 const LIMB: i32 = 15;
@@ -81,8 +70,11 @@ const LIMB_MASK: i32 = (1 << LIMB) - 1;
 /// Tensor version of [`FixedPointMultiplier::apply`], element by element, with `m0`, `left`
 /// (left shift) and `right` (right shift) broadcastable to `x`. Exact for `|x << left| < 2^31`.
 ///
-/// The 62-bit product `|x| · m0` is formed from 15-bit limbs so that every intermediate fits
-/// in an i32.
+/// gemmlowp rounds twice (its doubling high multiply rounds at `2^-31`, then the shift rounds
+/// again), which is off by one for a few per mille of the small accumulators of 4-bit layers.
+/// Here the 62-bit product `P = |x| · m0` is formed exactly from 15-bit limbs (every
+/// intermediate fits in an i32); with `H = floor(P / 2^31)` the result is rounded once:
+/// `(H + 2^(n-1)) >> n` for `n >= 1`, and `H` plus the half bit of `P` for `n = 0`.
 pub fn requantize<const D: usize>(
     x: Tensor<D, Int>,
     m0: Tensor<D, Int>,
@@ -90,8 +82,7 @@ pub fn requantize<const D: usize>(
     right: Tensor<D, Int>,
 ) -> Tensor<D, Int> {
     let x = x.bitwise_left_shift(left);
-    let negative = x.clone().lower_elem(0).int();
-    let a = x.abs();
+    let sign = x.clone().sign();
     let limbs = |v: Tensor<D, Int>| {
         (
             v.clone().bitwise_and_scalar(LIMB_MASK),
@@ -101,46 +92,41 @@ pub fn requantize<const D: usize>(
             v.bitwise_right_shift_scalar(2 * LIMB),
         )
     };
-    let (a0, a1, a2) = limbs(a);
+    let (a0, a1, a2) = limbs(x.abs());
     let (b0, b1, b2) = limbs(m0);
-    // Rounding nudge: 2^30 for x >= 0, 2^30 - 1 for x < 0 (limbs [n·0x7fff, n·0x7fff, 1 - n]).
-    let nudge_low = negative.clone() * LIMB_MASK;
-    let nudge_top = negative.clone().neg() + 1;
-    // Column sums of the limb products, each below 2^31, with carries.
-    let c0 = a0.clone() * b0.clone() + nudge_low.clone();
-    let c1 = a0.clone() * b1.clone()
-        + a1.clone() * b0.clone()
-        + nudge_low
-        + c0.bitwise_right_shift_scalar(LIMB);
+    // Column sums of the limb products (each below 2^31), with carries.
+    let c0 = a0.clone() * b0.clone();
+    let c1 =
+        a0.clone() * b1.clone() + a1.clone() * b0.clone() + c0.bitwise_right_shift_scalar(LIMB);
     let c2 = a0 * b2.clone()
         + a1.clone() * b1.clone()
         + a2.clone() * b0
-        + nudge_top
         + c1.bitwise_right_shift_scalar(LIMB);
     let c3 = a1 * b2.clone() + a2.clone() * b1 + c2.clone().bitwise_right_shift_scalar(LIMB);
     let c4 = a2 * b2 + c3.clone().bitwise_right_shift_scalar(LIMB);
-    // floor(P / 2^31) = (d2 >> 1) + d3 · 2^14 + d4 · 2^29.
+    // H = (d2 >> 1) + d3 · 2^14 + c4 · 2^29; the half bit of P is d2 & 1.
     let d2 = c2.bitwise_and_scalar(LIMB_MASK);
     let d3 = c3.bitwise_and_scalar(LIMB_MASK);
+    let half = d2.clone().bitwise_and_scalar(1);
     let high = d2.bitwise_right_shift_scalar(1)
         + d3.bitwise_left_shift_scalar(LIMB - 1)
         + c4.bitwise_left_shift_scalar(2 * LIMB - 1);
-    let sign = negative.clone() * -2 + 1;
-    let high = high * sign;
-    // RoundingDivideByPOT with per-element exponents.
-    let floor = high.clone().bitwise_right_shift(right.clone());
-    let remainder = high - floor.clone().bitwise_left_shift(right.clone());
-    let threshold =
-        (right.ones_like().bitwise_left_shift(right) - 1).bitwise_right_shift_scalar(1) + negative;
-    floor + remainder.greater(threshold).int()
+    let offset = right
+        .ones_like()
+        .bitwise_left_shift(right.clone())
+        .bitwise_right_shift_scalar(1);
+    let no_shift = right.clone().equal_elem(0).int();
+    let magnitude = (high + offset).bitwise_right_shift(right) + half * no_shift;
+    magnitude * sign
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Exact `x · m0 / 2^(31 + shift)` rounded to nearest, in i128.
-    fn exact_round(m: FixedPointMultiplier, x: i32) -> f64 {
+    /// Exact `x · m0 / 2^(31 + shift)` (a dyadic rational with at most 62 significant bits,
+    /// compared in f64 only where that is exact enough for the assertion).
+    fn exact(m: FixedPointMultiplier, x: i32) -> f64 {
         (x as f64) * m.m0 as f64 / 2f64.powi(31 + m.shift)
     }
 
@@ -175,12 +161,13 @@ mod tests {
     }
 
     #[test]
-    fn scalar_apply_rounds_like_exact_arithmetic() {
+    fn scalar_apply_rounds_once_like_exact_arithmetic() {
         let ms = [
             0.999_999,
             0.5,
             0.25 + 1e-9,
             0.123_456_7,
+            0.017_921_15,
             3.1e-3,
             7.7e-5,
             1.5,
@@ -188,33 +175,27 @@ mod tests {
         ];
         for &m in &ms {
             let f = FixedPointMultiplier::from_real(m);
-            for x in (-70_000..70_000)
-                .step_by(37)
-                .chain([0, 1, -1, 1 << 24, -(1 << 24)])
-            {
-                let exact = exact_round(f, x);
+            let xs = (-70_000..70_000).step_by(37);
+            for x in xs.chain([0, 1, -1, 83, -83, 1 << 24, -(1 << 24)]) {
+                let exact = exact(f, x);
                 let got = f.apply(x) as f64;
-                // gemmlowp rounds twice (at 2^-31, then at 2^-n): the error is at most
-                // 1/2 + 2^-(n+1), and the result is the exact rounding away from ties.
-                let right = f.shift.max(0);
-                let bound = 0.5 + 2f64.powi(-right - 1);
-                assert!(
-                    (got - exact).abs() <= bound,
-                    "m {m}, x {x}: {got} vs {exact}"
-                );
-                if (exact - exact.round()).abs() < 0.5 - 2f64.powi(-right - 1) - 1e-9 {
-                    assert_eq!(got, exact.round(), "m {m}, x {x}");
+                assert!((got - exact).abs() <= 0.5, "m {m}, x {x}: {got} vs {exact}");
+                if (exact.abs().fract() - 0.5).abs() < 1e-9 {
+                    assert_eq!(got.abs(), exact.abs().ceil(), "ties away from zero");
                 }
             }
         }
     }
 
     #[test]
-    fn rounding_divide_rounds_half_away_from_zero() {
-        assert_eq!(rounding_divide_by_pot(5, 1), 3);
-        assert_eq!(rounding_divide_by_pot(-5, 1), -3);
-        assert_eq!(rounding_divide_by_pot(4, 1), 2);
-        assert_eq!(rounding_divide_by_pot(-7, 2), -2);
-        assert_eq!(rounding_divide_by_pot(6, 2), 2);
+    fn small_accumulators_are_rounded_once() {
+        // gemmlowp's two roundings give 2 here (83 · M = 1.4875); one rounding gives 1.
+        let f = FixedPointMultiplier::from_real(0.017_921_148_682_944_477);
+        assert_eq!((f.m0, f.shift), (1_231_531_960, 5));
+        assert_eq!(f.apply(83), 1);
+        assert_eq!(f.apply(-83), -1);
+        // An exact tie (M = 1/2): away from zero.
+        let half = FixedPointMultiplier::from_real(0.5);
+        assert_eq!((half.apply(3), half.apply(-3)), (2, -2));
     }
 }

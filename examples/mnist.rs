@@ -1,0 +1,228 @@
+//! Train (or load) the reference MNIST CNN, then run PTQ and QAT at the bit widths asked and
+//! print float / fake-quant / integer-engine accuracy per bit width.
+//!
+//! ```sh
+//! cargo run --release --example mnist -- --data-dir ../shared/data/mnist --bits 4,8
+//! BURN_QUANT_DEVICE=wgpu cargo run --release --features wgpu --example mnist -- --bits 8
+//! ```
+//!
+//! With `--json`, one JSON object per finished step is also printed on a line starting with
+//! `RESULT ` (the sweep in `cargo xtask sweep` reads them).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn_quant::experiment::{self, PipelineConfig, QuantAccuracy};
+use burn_quant::mnist::Mnist;
+use burn_quant::models::Net;
+use burn_quant::train::{Progress, TrainConfig};
+use burn_quant::{Dataset, default_backend};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(about = "MNIST: float training, PTQ and QAT at several bit widths")]
+struct Args {
+    /// Directory with the MNIST IDX files (else BURN_QUANT_MNIST_DIR, else Burn's cache).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Bit widths, e.g. `4,8` or `1-8`.
+    #[arg(long, default_value = "1-8", value_parser = parse_bits)]
+    bits: BitList,
+    /// Float training epochs.
+    #[arg(long, default_value_t = 15)]
+    epochs: usize,
+    /// Float learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    /// QAT epochs.
+    #[arg(long, default_value_t = 2)]
+    qat_epochs: usize,
+    /// QAT learning rate.
+    #[arg(long, default_value_t = 0.001)]
+    qat_lr: f64,
+    /// SGD momentum (float and QAT).
+    #[arg(long, default_value_t = 0.5)]
+    momentum: f64,
+    /// PTQ calibration batches of 64 training images.
+    #[arg(long, default_value_t = 200)]
+    calib_batches: usize,
+    /// Seed of initialisation and shuffling.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use only the first N training images (for quick runs).
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Float checkpoint: loaded if it exists, else written after training.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Keep the bias in float in the fake-quantized model, as the reference does (by default it
+    /// is fake-quantized as the integer engine stores it, so that both agree exactly).
+    #[arg(long)]
+    float_bias: bool,
+    /// Skip PTQ or QAT.
+    #[arg(long, value_parser = ["ptq", "qat"])]
+    only: Option<String>,
+    /// Print machine-readable `RESULT {json}` lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A list of bit widths.
+#[derive(Debug, Clone)]
+struct BitList(Vec<u32>);
+
+fn parse_bits(s: &str) -> Result<BitList, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once(['-', '.']) {
+            Some((lo, hi)) => (lo, hi.trim_start_matches('.')),
+            None => (part, part),
+        };
+        let lo: u32 = lo.parse().map_err(|_| format!("bad bit width `{part}`"))?;
+        let hi: u32 = hi.parse().map_err(|_| format!("bad bit width `{part}`"))?;
+        burn_quant::QuantScheme::affine(lo).map_err(|e| e.to_string())?;
+        burn_quant::QuantScheme::affine(hi).map_err(|e| e.to_string())?;
+        out.extend(lo..=hi);
+    }
+    Ok(BitList(out))
+}
+
+/// A progress line per 10 % of a phase, with an ETA.
+fn reporter(phase: &'static str) -> impl FnMut(Progress) {
+    let start = Instant::now();
+    let mut shown = 0;
+    move |p: Progress| {
+        if let Some(loss) = p.epoch_loss {
+            eprintln!("  [{phase}] epoch done, mean loss {loss:.4}");
+        }
+        let tenth = p.done * 10 / p.total.max(1);
+        if tenth > shown || p.done == p.total {
+            shown = tenth;
+            let elapsed = start.elapsed().as_secs_f64();
+            let eta = elapsed / p.done as f64 * (p.total - p.done) as f64;
+            eprintln!(
+                "  [{phase}] {}/{} batches, {elapsed:.0}s elapsed, ETA {eta:.0}s",
+                p.done, p.total
+            );
+        }
+    }
+}
+
+fn emit(args: &Args, value: serde_json::Value) {
+    if args.json {
+        println!("RESULT {value}");
+    }
+}
+
+fn row(bits: u32, mode: &str, r: &QuantAccuracy, secs: f64) -> serde_json::Value {
+    serde_json::json!({"bits": bits, "mode": mode, "fake_quant": r.fake_quant,
+        "integer": r.integer, "agreement": r.agreement, "seconds": secs})
+}
+
+fn main() {
+    let args = Args::parse();
+    let backend = default_backend().unwrap_or_else(|e| fail(e));
+    let device = backend.device();
+    eprintln!("backend: {}", backend.name());
+    let mnist = Mnist::load(args.data_dir.as_deref()).unwrap_or_else(|e| fail(e));
+    let train_split = match args.train_limit {
+        Some(n) => mnist.train.take(n),
+        None => mnist.train.clone(),
+    };
+    let train_set = Dataset::from_mnist(&train_split, &device);
+    let test_set = Dataset::from_mnist(&mnist.test, &device);
+
+    let float_config = TrainConfig {
+        epochs: args.epochs,
+        lr: args.lr,
+        momentum: args.momentum,
+        batch_size: 64,
+        seed: args.seed,
+    };
+    let start = Instant::now();
+    let net = match &args.checkpoint {
+        Some(path) if path.exists() => {
+            eprintln!("loading float model from {}", path.display());
+            Net::new(&device)
+                .try_load_file(path)
+                .unwrap_or_else(|e| fail(format!("cannot load {}: {e}", path.display())))
+        }
+        _ => {
+            eprintln!("training the float model ({} epochs)", args.epochs);
+            let net =
+                experiment::train_float(&train_set, &float_config, &device, &mut reporter("float"));
+            if let Some(path) = &args.checkpoint {
+                net.clone()
+                    .save_file(path)
+                    .unwrap_or_else(|e| fail(format!("cannot save {}: {e}", path.display())));
+            }
+            net
+        }
+    };
+    let float_secs = start.elapsed().as_secs_f64();
+    let float_acc = experiment::float_accuracy(&net, &test_set, 500);
+    println!("float accuracy: {:.2} %", 100.0 * float_acc);
+    emit(
+        &args,
+        serde_json::json!({"mode": "float", "accuracy": float_acc, "seconds": float_secs}),
+    );
+
+    let pipeline = PipelineConfig {
+        qat: TrainConfig {
+            epochs: args.qat_epochs,
+            lr: args.qat_lr,
+            ..float_config
+        },
+        calib_batches: args.calib_batches,
+        calib_seed: args.seed,
+        quantize_bias: !args.float_bias,
+        ..PipelineConfig::reference()
+    };
+    println!(
+        "{:>4}  {:>4}  {:>10}  {:>8}  {:>9}",
+        "bits", "mode", "fake-quant", "integer", "agreement"
+    );
+    for &bits in &args.bits.0 {
+        for mode in ["ptq", "qat"] {
+            if args.only.as_deref().is_some_and(|only| only != mode) {
+                continue;
+            }
+            let start = Instant::now();
+            let result = if mode == "ptq" {
+                experiment::ptq(
+                    &net,
+                    bits,
+                    &train_set,
+                    &test_set,
+                    &pipeline,
+                    &mut reporter("ptq"),
+                )
+            } else {
+                experiment::qat(
+                    &net,
+                    bits,
+                    &train_set,
+                    &test_set,
+                    &pipeline,
+                    &mut reporter("qat"),
+                )
+            };
+            let (_, r) = result.unwrap_or_else(|e| fail(e));
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{bits:>4}  {mode:>4}  {:>9.2}%  {:>7.2}%  {:>8.2}%   ({secs:.0}s)",
+                100.0 * r.fake_quant,
+                100.0 * r.integer,
+                100.0 * r.agreement
+            );
+            emit(&args, row(bits, mode, &r, secs));
+        }
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(1);
+}

@@ -1,0 +1,119 @@
+//! The integer engine's pieces against scalar and float references, on the device under test.
+
+mod common;
+
+use burn::tensor::{Distribution, Int, Tensor, TensorData, module::conv2d, ops::ConvOptions};
+use burn_quant::engine::{
+    FixedPointMultiplier, IntConv2d, Requantizer, int_max_pool2d, requantize,
+};
+use burn_quant::{QParams, QuantScheme, SplitMix64};
+use common::device;
+
+fn ints<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()
+}
+
+#[test]
+fn tensor_requantize_equals_scalar_reference() {
+    let device = device();
+    let mut rng = SplitMix64::new(7);
+    let mut xs: Vec<i32> = (0..4000)
+        .map(|i| {
+            let magnitude = 1i64 << (i % 31);
+            (rng.next_u64() as i64 % magnitude) as i32
+        })
+        .collect();
+    xs.extend([
+        0,
+        1,
+        -1,
+        i32::MAX,
+        -i32::MAX,
+        1 << 30,
+        -(1 << 30),
+        12345,
+        -12345,
+    ]);
+    let n = xs.len();
+    for m in [
+        0.999_999_9,
+        0.75,
+        0.5,
+        0.5 - 1e-10,
+        0.25 + 1e-9,
+        0.0123,
+        3.7e-5,
+        1e-9,
+        1.0,
+        2.5,
+    ] {
+        let f = FixedPointMultiplier::from_real(m);
+        let (left, right) = ((-f.shift).max(0), f.shift.max(0));
+        // Keep |x << left| below 2^31.
+        let xs: Vec<i32> = xs
+            .iter()
+            .map(|&x| x.clamp(-(i32::MAX >> left), i32::MAX >> left))
+            .collect();
+        let full = |v: i32| Tensor::<1, Int>::from_data(TensorData::new(vec![v; n], [n]), &device);
+        let x = Tensor::<1, Int>::from_data(TensorData::new(xs.clone(), [n]), &device);
+        let got = ints(requantize(x, full(f.m0), full(left), full(right)));
+        for (i, &x) in xs.iter().enumerate() {
+            assert_eq!(got[i], f.apply(x) as i64, "m {m}, x {x}");
+        }
+    }
+}
+
+#[test]
+fn requantizer_per_channel_and_clamp() {
+    let device = device();
+    let r = Requantizer::new(0.5, &[0.1, 0.2], 0.05, 3, (0, 15), &device);
+    // M = [1, 2]: acc [[4, 4], [-10, 100]] → [[7, 11], [0, 15]] after + 3 and clamp.
+    let acc = Tensor::<2, Int>::from_data(TensorData::new(vec![4, 4, -10, 100], [2, 2]), &device);
+    assert_eq!(ints(r.apply(acc, 1)), vec![7, 11, 0, 15]);
+}
+
+/// The integer convolution equals a float convolution of the same (small) integers.
+#[test]
+fn int_conv_accumulates_exactly() {
+    let device = device();
+    for (c_in, c_out, groups) in [(1, 4, 1), (6, 4, 2), (40, 40, 20)] {
+        let x =
+            Tensor::<4>::random([2, c_in, 7, 6], Distribution::Uniform(0.0, 15.0), &device).floor();
+        let w = Tensor::<4>::random(
+            [c_out, c_in / groups, 3, 3],
+            Distribution::Uniform(-8.0, 8.0),
+            &device,
+        )
+        .floor();
+        let b = Tensor::<1>::random([c_out], Distribution::Uniform(-100.0, 100.0), &device).floor();
+        let zero_point = 5;
+        let expected = conv2d(
+            x.clone() - zero_point as f32,
+            w.clone(),
+            Some(b.clone()),
+            ConvOptions::new([1, 1], [0, 0], [1, 1], groups),
+        );
+        let qp = QParams::from_bounds(0.0, 1.0, QuantScheme::affine(8).unwrap(), &device).unwrap();
+        let conv = IntConv2d {
+            weight: w
+                .int()
+                .reshape([groups, c_out / groups, (c_in / groups) * 9]),
+            bias: b.int(),
+            input_zero_point: zero_point,
+            kernel_size: [3, 3],
+            requantizer: Requantizer::new(1.0, &[1.0], 1.0, 0, (0, 255), &device),
+            output: qp,
+        };
+        let got = ints(conv.accumulate(x.int()));
+        let expected = ints(expected.int());
+        assert_eq!(got, expected, "groups {groups}");
+    }
+}
+
+#[test]
+fn int_max_pool_floors_odd_sizes() {
+    let device = device();
+    let values: Vec<i32> = (0..25).collect();
+    let q = Tensor::<4, Int>::from_data(TensorData::new(values, [1, 1, 5, 5]), &device);
+    assert_eq!(ints(int_max_pool2d(q, 2)), vec![6, 8, 16, 18]);
+}
