@@ -24,7 +24,25 @@ pub struct IntConv2d {
 
 impl IntConv2d {
     /// The i32 accumulators `Σ (q_w - Z_w)(q_x - Z_i) + q_b`, shape `[n, out, h', w']`.
+    ///
+    /// Large batches are processed in chunks whose im2col matrix stays under 64 MiB (GPU
+    /// buffers have size limits).
     pub fn accumulate(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
+        let [n, c, h, w] = q.dims();
+        let [kh, kw] = self.kernel_size;
+        let per_image = c * kh * kw * (h + 1 - kh) * (w + 1 - kw) * 4;
+        let chunk = ((64 << 20) / per_image.max(1)).max(1);
+        if n <= chunk {
+            return self.accumulate_chunk(q);
+        }
+        let parts = (0..n)
+            .step_by(chunk)
+            .map(|start| self.accumulate_chunk(q.clone().narrow(0, start, chunk.min(n - start))))
+            .collect();
+        Tensor::cat(parts, 0)
+    }
+
+    fn accumulate_chunk(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
         let [n, c, h, w] = q.dims();
         let [kh, kw] = self.kernel_size;
         let [groups, out_per_group, depth] = self.weight.dims();
