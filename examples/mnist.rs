@@ -12,10 +12,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::module::Module;
 use burn_quant::experiment::{self, PipelineConfig, QuantAccuracy};
 use burn_quant::mnist::Mnist;
-use burn_quant::models::Net;
+use burn_quant::models::{FloatModel, Net, NetBN};
 use burn_quant::train::{Progress, TrainConfig};
 use burn_quant::{Dataset, default_backend};
 use clap::Parser;
@@ -53,6 +52,9 @@ struct Args {
     /// Use only the first N training images (for quick runs).
     #[arg(long)]
     train_limit: Option<usize>,
+    /// Use only the first N test images (for quick runs).
+    #[arg(long)]
+    test_limit: Option<usize>,
     /// Float checkpoint: loaded if it exists, else written after training.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
@@ -63,6 +65,9 @@ struct Args {
     /// Skip PTQ or QAT.
     #[arg(long, value_parser = ["ptq", "qat"])]
     only: Option<String>,
+    /// Model: `net` (the article's) or `netbn` (with BatchNorm, folded when quantized).
+    #[arg(long, default_value = "net", value_parser = ["net", "netbn"])]
+    model: String,
     /// Print machine-readable `RESULT {json}` lines.
     #[arg(long)]
     json: bool,
@@ -89,11 +94,16 @@ fn parse_bits(s: &str) -> Result<BitList, String> {
     Ok(BitList(out))
 }
 
-/// A progress line per 10 % of a phase, with an ETA.
-fn reporter(phase: &'static str) -> impl FnMut(Progress) {
+/// A progress line per 10 % of a phase, with an ETA; with `--json`, a `PROGRESS phase done
+/// total` line per batch on stderr instead (for the sweep's progress bars).
+fn reporter(phase: &'static str, json: bool) -> impl FnMut(Progress) {
     let start = Instant::now();
     let mut shown = 0;
     move |p: Progress| {
+        if json {
+            eprintln!("PROGRESS {phase} {} {}", p.done, p.total);
+            return;
+        }
         if let Some(loss) = p.epoch_loss {
             eprintln!("  [{phase}] epoch done, mean loss {loss:.4}");
         }
@@ -123,6 +133,13 @@ fn row(bits: u32, mode: &str, r: &QuantAccuracy, secs: f64) -> serde_json::Value
 
 fn main() {
     let args = Args::parse();
+    match args.model.as_str() {
+        "netbn" => run::<NetBN>(&args),
+        _ => run::<Net>(&args),
+    }
+}
+
+fn run<M: FloatModel>(args: &Args) {
     let backend = default_backend().unwrap_or_else(|e| fail(e));
     let device = backend.device();
     eprintln!("backend: {}", backend.name());
@@ -132,7 +149,10 @@ fn main() {
         None => mnist.train.clone(),
     };
     let train_set = Dataset::from_mnist(&train_split, &device);
-    let test_set = Dataset::from_mnist(&mnist.test, &device);
+    let test_set = Dataset::from_mnist(
+        &mnist.test.take(args.test_limit.unwrap_or(usize::MAX)),
+        &device,
+    );
 
     let float_config = TrainConfig {
         epochs: args.epochs,
@@ -142,17 +162,23 @@ fn main() {
         seed: args.seed,
     };
     let start = Instant::now();
+    let mut trained = false;
     let net = match &args.checkpoint {
         Some(path) if path.exists() => {
             eprintln!("loading float model from {}", path.display());
-            Net::new(&device)
+            M::init(&device)
                 .try_load_file(path)
                 .unwrap_or_else(|e| fail(format!("cannot load {}: {e}", path.display())))
         }
         _ => {
             eprintln!("training the float model ({} epochs)", args.epochs);
-            let net =
-                experiment::train_float(&train_set, &float_config, &device, &mut reporter("float"));
+            trained = true;
+            let net: M = experiment::train_float(
+                &train_set,
+                &float_config,
+                &device,
+                &mut reporter("float", args.json),
+            );
             if let Some(path) = &args.checkpoint {
                 net.clone()
                     .save_file(path)
@@ -165,8 +191,8 @@ fn main() {
     let float_acc = experiment::float_accuracy(&net, &test_set, 500);
     println!("float accuracy: {:.2} %", 100.0 * float_acc);
     emit(
-        &args,
-        serde_json::json!({"mode": "float", "accuracy": float_acc, "seconds": float_secs}),
+        args,
+        serde_json::json!({"mode": "float", "accuracy": float_acc, "seconds": float_secs, "trained": trained}),
     );
 
     let pipeline = PipelineConfig {
@@ -197,7 +223,7 @@ fn main() {
                     &train_set,
                     &test_set,
                     &pipeline,
-                    &mut reporter("ptq"),
+                    &mut reporter("ptq", args.json),
                 )
             } else {
                 experiment::qat(
@@ -206,7 +232,7 @@ fn main() {
                     &train_set,
                     &test_set,
                     &pipeline,
-                    &mut reporter("qat"),
+                    &mut reporter("qat", args.json),
                 )
             };
             let (_, r) = result.unwrap_or_else(|e| fail(e));
@@ -217,7 +243,7 @@ fn main() {
                 100.0 * r.integer,
                 100.0 * r.agreement
             );
-            emit(&args, row(bits, mode, &r, secs));
+            emit(args, row(bits, mode, &r, secs));
         }
     }
 }

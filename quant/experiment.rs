@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::Device;
 
-use crate::models::{Net, QNet};
+use crate::models::{FloatModel, IntegerModel, QuantizedModel};
 use crate::nn::QConfig;
 use crate::train::{Progress, TrainConfig, accuracy, agreement, calibrate, predict, train};
 use crate::{Dataset, QuantError, set_observing};
@@ -53,21 +53,21 @@ pub struct QuantAccuracy {
     pub agreement: f64,
 }
 
-/// Trains the float `Net` from scratch (seeded) on `device` (autodiff is added here).
-pub fn train_float(
+/// Trains a float model from scratch (seeded) on `device` (autodiff is added here).
+pub fn train_float<M: FloatModel>(
     train_set: &Dataset,
     config: &TrainConfig,
     device: &Device,
     progress: &mut dyn FnMut(Progress),
-) -> Net {
+) -> M {
     let device = device.clone().autodiff();
     device.seed(config.seed);
-    let net = Net::new(&device);
+    let net = M::init(&device);
     train(net, train_set, config, |m, x| m.forward(x), progress).valid()
 }
 
 /// Float test accuracy.
-pub fn float_accuracy(net: &Net, test: &Dataset, batch_size: usize) -> f64 {
+pub fn float_accuracy<M: FloatModel>(net: &M, test: &Dataset, batch_size: usize) -> f64 {
     accuracy(
         &predict(test, batch_size, |x| net.forward(x)),
         &test.host_labels,
@@ -75,14 +75,14 @@ pub fn float_accuracy(net: &Net, test: &Dataset, batch_size: usize) -> f64 {
 }
 
 /// PTQ: calibrate fresh observers on training batches, freeze them, evaluate.
-pub fn ptq(
-    net: &Net,
+pub fn ptq<M: FloatModel>(
+    net: &M,
     bits: u32,
     train_set: &Dataset,
     test: &Dataset,
     config: &PipelineConfig,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(QNet, QuantAccuracy), QuantError> {
+) -> Result<(M::Quantized, QuantAccuracy), QuantError> {
     let qnet = net.quantize(&config.qconfig(bits)?);
     calibrate(
         train_set,
@@ -99,14 +99,14 @@ pub fn ptq(
 
 /// QAT: from the float model, train with the fake-quantized forward (the first batch sets the
 /// ranges, as in the reference), then freeze the observers and evaluate.
-pub fn qat(
-    net: &Net,
+pub fn qat<M: FloatModel>(
+    net: &M,
     bits: u32,
     train_set: &Dataset,
     test: &Dataset,
     config: &PipelineConfig,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(QNet, QuantAccuracy), QuantError> {
+) -> Result<(M::Quantized, QuantAccuracy), QuantError> {
     let qnet = net.clone().train().quantize(&config.qconfig(bits)?);
     let qnet = train(
         qnet,
@@ -121,8 +121,8 @@ pub fn qat(
 }
 
 /// Evaluates a calibrated model (observers must be off) fake-quantized and on the engine.
-pub fn evaluate(
-    qnet: &QNet,
+pub fn evaluate<Q: QuantizedModel>(
+    qnet: &Q,
     test: &Dataset,
     batch_size: usize,
 ) -> Result<QuantAccuracy, QuantError> {

@@ -198,7 +198,7 @@ impl MinMaxObserver {
 
 /// Stores a new value so that it is visible at once, also to `save_file` and `into_record`
 /// (which read the committed value, not the per-thread pending one).
-fn commit(state: &RunningState<Tensor<1>>, value: Tensor<1>) {
+pub(crate) fn commit(state: &RunningState<Tensor<1>>, value: Tensor<1>) {
     state.update(value);
     let _ = state.value_sync();
 }

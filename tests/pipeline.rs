@@ -13,16 +13,16 @@ use std::sync::OnceLock;
 
 use burn_quant::experiment::{self, PipelineConfig};
 use burn_quant::mnist::Mnist;
-use burn_quant::models::Net;
+use burn_quant::models::{FloatModel, IntegerModel, Net, NetBN, QuantizedModel};
 use burn_quant::train::TrainConfig;
 use burn_quant::{BackendKind, Dataset, default_backend, dequantize};
 use common::{device, to_vec};
 
-struct Fixture {
+struct Fixture<M> {
     full: bool,
     train: Dataset,
     test: Dataset,
-    net: Net,
+    net: M,
     float_accuracy: f64,
 }
 
@@ -37,47 +37,54 @@ fn full_scale() -> bool {
     }
 }
 
-/// MNIST and a float `Net` trained on it, shared by the tests of this file.
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let mnist = Mnist::load(None).expect("set BURN_QUANT_MNIST_DIR to the MNIST directory");
-        let full = full_scale();
-        let (train_images, test_images, epochs) = if full {
-            (60_000, 10_000, 3)
-        } else {
-            (3_200, 1_000, 1)
-        };
-        let device = device();
-        let train = Dataset::from_mnist(&mnist.train.take(train_images), &device);
-        let test = Dataset::from_mnist(&mnist.test.take(test_images), &device);
-        let config = TrainConfig {
-            epochs,
-            ..TrainConfig::reference_float()
-        };
-        let net = experiment::train_float(&train, &config, &device, &mut |_| {});
-        let float_accuracy = experiment::float_accuracy(&net, &test, 1000);
-        eprintln!("fixture: full = {full}, float accuracy {float_accuracy}");
-        Fixture {
-            full,
-            train,
-            test,
-            net,
-            float_accuracy,
-        }
-    })
+/// MNIST and a float model trained on it for `epochs` on `train_images` (full scale).
+fn build<M: FloatModel>(train_images: usize, epochs: usize) -> Fixture<M> {
+    let mnist = Mnist::load(None).expect("set BURN_QUANT_MNIST_DIR to the MNIST directory");
+    let full = full_scale();
+    let (train_images, test_images, epochs) = if full {
+        (train_images, 10_000, epochs)
+    } else {
+        (3_200, 1_000, 1)
+    };
+    let device = device();
+    let train = Dataset::from_mnist(&mnist.train.take(train_images), &device);
+    let test = Dataset::from_mnist(&mnist.test.take(test_images), &device);
+    let config = TrainConfig {
+        epochs,
+        ..TrainConfig::reference_float()
+    };
+    let net: M = experiment::train_float(&train, &config, &device, &mut |_| {});
+    let float_accuracy = experiment::float_accuracy(&net, &test, 1000);
+    eprintln!("fixture: full = {full}, float accuracy {float_accuracy}");
+    Fixture {
+        full,
+        train,
+        test,
+        net,
+        float_accuracy,
+    }
 }
 
-fn skip_unless_full(f: &Fixture, what: &str) -> bool {
+/// `Net`, 3 epochs on the full training set.
+fn net() -> &'static Fixture<Net> {
+    static FIXTURE: OnceLock<Fixture<Net>> = OnceLock::new();
+    FIXTURE.get_or_init(|| build(60_000, 3))
+}
+
+/// `NetBN`, 1 epoch on 20,000 images (its second convolution is 20 times larger).
+fn net_bn() -> &'static Fixture<NetBN> {
+    static FIXTURE: OnceLock<Fixture<NetBN>> = OnceLock::new();
+    FIXTURE.get_or_init(|| build(20_000, 1))
+}
+
+fn skip_unless_full<M>(f: &Fixture<M>, what: &str) -> bool {
     if !f.full {
         eprintln!("skipped on a reduced fixture: {what} (BURN_QUANT_TEST_SCALE=full runs it)");
     }
     !f.full
 }
 
-#[test]
-fn integer_engine_agrees_with_fake_quant() {
-    let f = fixture();
+fn engine_agrees_with_fake_quant<M: FloatModel>(f: &Fixture<M>) {
     let config = PipelineConfig {
         calib_batches: 50,
         ..PipelineConfig::reference()
@@ -114,8 +121,16 @@ fn integer_engine_agrees_with_fake_quant() {
 }
 
 #[test]
-fn ptq_8_bits_is_within_0_3_points_of_float() {
-    let f = fixture();
+fn integer_engine_agrees_with_fake_quant_net() {
+    engine_agrees_with_fake_quant(net());
+}
+
+#[test]
+fn integer_engine_agrees_with_fake_quant_net_bn() {
+    engine_agrees_with_fake_quant(net_bn());
+}
+
+fn ptq_8_bits_within_0_3_points<M: FloatModel>(f: &Fixture<M>) {
     let config = PipelineConfig::reference();
     let (_, result) = experiment::ptq(&f.net, 8, &f.train, &f.test, &config, &mut |_| {}).unwrap();
     if !skip_unless_full(f, "8-bit PTQ within 0.3 pt of float") {
@@ -134,8 +149,18 @@ fn ptq_8_bits_is_within_0_3_points_of_float() {
 }
 
 #[test]
+fn ptq_8_bits_is_within_0_3_points_of_float_net() {
+    ptq_8_bits_within_0_3_points(net());
+}
+
+#[test]
+fn ptq_8_bits_is_within_0_3_points_of_float_net_bn() {
+    ptq_8_bits_within_0_3_points(net_bn());
+}
+
+#[test]
 fn qat_4_bits_reaches_97_percent() {
-    let f = fixture();
+    let f = net();
     let config = PipelineConfig {
         qat: TrainConfig {
             epochs: 1,

@@ -5,6 +5,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
 
+use super::{FloatModel, IntegerModel, QuantizedModel};
 use crate::engine::{IntConv2d, IntLinear, int_max_pool2d, int_relu};
 use crate::nn::{QConfig, QConv2d, QLinear, QMaxPool2d, QReLU, Quantized};
 use crate::{QParams, QuantError, dequantize, quantize};
@@ -35,15 +36,25 @@ impl Net {
 
     /// Logits `[n, 10]` for images `[n, 1, 28, 28]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let pool = QMaxPool2d::new(2);
-        let relu = QReLU::new();
+        let (pool, relu) = (QMaxPool2d::new(2), QReLU::new());
         let x = pool.forward(relu.forward(self.conv1.forward(x)));
         let x = pool.forward(relu.forward(self.conv2.forward(x)));
         self.fc.forward(x.flatten(1, 3))
     }
+}
 
-    /// The quantized model wrapping copies of these layers, with fresh observers.
-    pub fn quantize(&self, qconfig: &QConfig) -> QNet {
+impl FloatModel for Net {
+    type Quantized = QNet;
+
+    fn init(device: &Device) -> Self {
+        Self::new(device)
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        Net::forward(self, x)
+    }
+
+    fn quantize(&self, qconfig: &QConfig) -> QNet {
         QNet {
             conv1: QConv2d::new(self.conv1.clone(), qconfig, true),
             conv2: QConv2d::new(self.conv2.clone(), qconfig, false),
@@ -70,22 +81,21 @@ pub struct QNet {
     pub pool: QMaxPool2d,
 }
 
-/// Outputs of the fake-quantized layers (conv1, conv2, fc), for comparisons with the engine.
-pub type LayerOutputs = Vec<Quantized<2>>;
-
 impl QNet {
-    /// Float forward of the wrapped layers.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.float_model().forward(x)
+    /// The float layers (sharing their parameters), e.g. after QAT.
+    pub fn float_model(&self) -> Net {
+        Net {
+            conv1: self.conv1.conv.clone(),
+            conv2: self.conv2.conv.clone(),
+            fc: self.fc.linear.clone(),
+        }
     }
+}
 
-    /// Fake-quantized forward (observers update while observing).
-    pub fn forward_fq(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_fq_layers(x).pop().expect("fc output").tensor
-    }
+impl QuantizedModel for QNet {
+    type Integer = IntNet;
 
-    /// Fake-quantized forward returning each weighted layer's output, flattened to `[n, -1]`.
-    pub fn forward_fq_layers(&self, x: Tensor<4>) -> LayerOutputs {
+    fn forward_fq_layers(&self, x: Tensor<4>) -> Vec<Quantized<2>> {
         let flat = |q: &Quantized<4>| q.clone().map(|t| t.flatten::<2>(1, 3));
         let c1 = self.conv1.forward_fq(Quantized::float(x));
         let x = self.pool.forward_fq(self.relu.forward_fq(c1.clone()));
@@ -95,17 +105,7 @@ impl QNet {
         vec![flat(&c1), flat(&c2), fc]
     }
 
-    /// The float layers (sharing their parameters), e.g. after QAT.
-    pub fn float_model(&self) -> Net {
-        Net {
-            conv1: self.conv1.conv.clone(),
-            conv2: self.conv2.conv.clone(),
-            fc: self.fc.linear.clone(),
-        }
-    }
-
-    /// Freezes into a separate integer model; this model is left untouched.
-    pub fn to_integer(&self) -> Result<IntNet, QuantError> {
+    fn to_integer(&self) -> Result<IntNet, QuantError> {
         let conv1 = self.conv1.to_integer(None)?;
         let conv2 = self.conv2.to_integer(Some(&conv1.output))?;
         let fc = self.fc.to_integer(Some(&conv2.output))?;
@@ -133,27 +133,21 @@ pub struct IntNet {
     pub fc: IntLinear,
 }
 
-impl IntNet {
-    /// Dequantized logits `[n, 10]` for float images.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+impl IntegerModel for IntNet {
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let q = self.forward_layers(x).pop().expect("fc output");
         dequantize(q, &self.fc.output)
     }
 
-    /// Integer outputs of conv1, conv2 and fc, flattened to `[n, -1]`.
-    pub fn forward_layers(&self, x: Tensor<4>) -> Vec<Tensor<2, Int>> {
-        let q = quantize(x, &self.input);
-        let c1 = self.conv1.forward(q);
-        let q = int_max_pool2d(
-            int_relu(c1.clone(), self.conv1.requantizer.output_zero_point),
-            2,
-        );
-        let c2 = self.conv2.forward(q);
-        let q = int_max_pool2d(
-            int_relu(c2.clone(), self.conv2.requantizer.output_zero_point),
-            2,
-        );
-        let fc = self.fc.forward(q.flatten(1, 3));
+    fn forward_layers(&self, x: Tensor<4>) -> Vec<Tensor<2, Int>> {
+        let relu_pool = |q: Tensor<4, Int>, conv: &IntConv2d| {
+            int_max_pool2d(int_relu(q, conv.requantizer.output_zero_point), 2)
+        };
+        let c1 = self.conv1.forward(quantize(x, &self.input));
+        let c2 = self.conv2.forward(relu_pool(c1.clone(), &self.conv1));
+        let fc = self
+            .fc
+            .forward(relu_pool(c2.clone(), &self.conv2).flatten(1, 3));
         vec![c1.flatten(1, 3), c2.flatten(1, 3), fc]
     }
 }

@@ -4,6 +4,7 @@
 pub(crate) mod layer_observers;
 mod qconfig;
 mod qconv2d;
+mod qconv_bn;
 mod qlinear;
 mod qmaxpool2d;
 mod qrelu;
@@ -11,6 +12,7 @@ mod quantized;
 
 pub use layer_observers::{FrozenWeights, LayerObservers};
 pub use qconfig::QConfig;
+pub use qconv_bn::{QConvBn, QConvBnReLU};
 pub use qconv2d::QConv2d;
 pub use qlinear::QLinear;
 pub use qmaxpool2d::QMaxPool2d;

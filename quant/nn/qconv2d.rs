@@ -40,47 +40,57 @@ impl QConv2d {
         let (weight, bias) =
             self.observers
                 .quantize_parameters(self.conv.weight.val(), bias, &input);
-        let y = conv2d(x, weight, bias, self.options());
+        let y = conv2d(x, weight, bias, conv_options(&self.conv));
         self.observers.quantize_output(y)
-    }
-
-    fn options(&self) -> ConvOptions<2> {
-        ConvOptions::new(
-            self.conv.stride,
-            padding(&self.conv.padding),
-            self.conv.dilation,
-            self.conv.groups,
-        )
     }
 
     /// The integer layer, given the grid of its input (ignored when it observes its own).
     pub fn to_integer(&self, previous: Option<&QParams>) -> Result<IntConv2d, QuantError> {
-        assert!(
-            self.conv.stride == [1, 1]
-                && self.conv.dilation == [1, 1]
-                && padding(&self.conv.padding) == [0, 0],
-            "the integer engine supports stride 1, dilation 1 and no padding"
-        );
-        let input = self.observers.input_qparams(previous)?;
         let weight = self.conv.weight.val();
-        let [out, depth, kh, kw] = weight.dims();
         let bias = match &self.conv.bias {
             Some(b) => b.val(),
-            None => Tensor::zeros([out], &weight.device()),
+            None => Tensor::zeros([weight.dims()[0]], &weight.device()),
         };
-        let frozen = self.observers.freeze_weights(weight, bias, &input)?;
-        let groups = self.conv.groups;
-        Ok(IntConv2d {
-            weight: frozen
-                .weight
-                .reshape([groups, out / groups, depth * kh * kw]),
-            bias: frozen.bias,
-            input_zero_point: frozen.input_zero_point,
-            kernel_size: [kh, kw],
-            requantizer: frozen.requantizer,
-            output: frozen.output,
-        })
+        int_conv(&self.conv, &self.observers, weight, bias, previous)
     }
+}
+
+/// The convolution options of `conv` (symmetric padding only).
+pub(crate) fn conv_options(conv: &Conv2d) -> ConvOptions<2> {
+    ConvOptions::new(
+        conv.stride,
+        padding(&conv.padding),
+        conv.dilation,
+        conv.groups,
+    )
+}
+
+/// Freezes `weight` and `bias` (of `conv`'s geometry) into an integer convolution.
+pub(crate) fn int_conv(
+    conv: &Conv2d,
+    observers: &LayerObservers,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    previous: Option<&QParams>,
+) -> Result<IntConv2d, QuantError> {
+    assert!(
+        conv.stride == [1, 1] && conv.dilation == [1, 1] && padding(&conv.padding) == [0, 0],
+        "the integer engine supports stride 1, dilation 1 and no padding"
+    );
+    let input = observers.input_qparams(previous)?;
+    let [out, depth, kh, kw] = weight.dims();
+    let frozen = observers.freeze_weights(weight, bias, &input)?;
+    let groups = conv.groups;
+    Ok(IntConv2d {
+        weight: frozen
+            .weight
+            .reshape([groups, out / groups, depth * kh * kw]),
+        bias: frozen.bias,
+        input_zero_point: frozen.input_zero_point,
+        kernel_size: [kh, kw],
+        requantizer: frozen.requantizer,
+        output: frozen.output,
+    })
 }
 
 /// Symmetric padding of a config; `Same` and asymmetric padding are not supported.

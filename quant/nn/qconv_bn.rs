@@ -1,0 +1,150 @@
+//! Convolution + BatchNorm (+ ReLU) with the BatchNorm folded into the convolution.
+
+use burn::module::Module;
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Tensor, activation::relu, module::conv2d};
+
+use super::qconv2d::conv_options;
+use super::{LayerObservers, QConfig, Quantized};
+use crate::QParams;
+use crate::QuantError;
+use crate::engine::IntConv2d;
+use crate::observer::commit;
+
+/// A [`Conv2d`] followed by a [`BatchNorm`] (and a ReLU when built with `relu`), quantized as
+/// one layer: with `σ = sqrt(var + eps)` the weight is folded to `W·γ/σ` per output channel
+/// and the bias to `β + γ(b − μ)/σ`, and the folded weight is fake-quantized.
+///
+/// - QAT (autodiff input, BatchNorm in training mode, BN not frozen): `μ`, `var` are the
+///   batch statistics of an un-quantized convolution (detached; unbiased variance, as the
+///   reference), and the running statistics move by Burn's momentum convention
+///   `r ← (1 − m)·r + m·batch`.
+/// - Otherwise (calibration, evaluation, after [`QConvBn::freeze_bn`]): the running statistics.
+///
+/// With `relu`, the output is observed after the ReLU, so its zero point is 0 and no level is
+/// spent on negative values; on the integer grid the clamp at 0 is the ReLU.
+#[derive(Module, Debug)]
+pub struct QConvBn {
+    /// The float convolution.
+    pub conv: Conv2d,
+    /// The BatchNorm folded into it.
+    pub bn: BatchNorm,
+    /// Observers (the weight observer sees folded weights).
+    pub observers: LayerObservers,
+    #[module(skip)]
+    relu: bool,
+    #[module(skip)]
+    bn_frozen: bool,
+}
+
+/// [`QConvBn`] built with a ReLU.
+pub type QConvBnReLU = QConvBn;
+
+impl QConvBn {
+    /// Wraps `conv` and `bn`; `relu` appends a ReLU; `observe_input` gives it its own input
+    /// observer.
+    pub fn new(
+        conv: Conv2d,
+        bn: BatchNorm,
+        qconfig: &QConfig,
+        observe_input: bool,
+        relu: bool,
+    ) -> Self {
+        let device = conv.weight.val().device();
+        let channels = conv.weight.dims()[0];
+        let observers = LayerObservers::new(qconfig, observe_input, channels, 0, &device);
+        Self {
+            conv,
+            bn,
+            observers,
+            relu,
+            bn_frozen: false,
+        }
+    }
+
+    /// The same layer with BatchNorm statistics frozen (`true`): training then folds with the
+    /// running statistics and no longer updates them.
+    pub fn freeze_bn(self, frozen: bool) -> Self {
+        Self {
+            bn_frozen: frozen,
+            ..self
+        }
+    }
+
+    /// Whether the BatchNorm statistics are frozen.
+    pub fn is_bn_frozen(&self) -> bool {
+        self.bn_frozen
+    }
+
+    /// Float forward: convolution, BatchNorm (Burn's own, train or eval), ReLU.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.bn.forward(self.conv.forward(x));
+        if self.relu { relu(y) } else { y }
+    }
+
+    /// Weight and bias folded with mean `mean` and variance `var`.
+    pub fn fold(&self, mean: Tensor<1>, var: Tensor<1>) -> (Tensor<4>, Tensor<1>) {
+        let channels = mean.dims()[0];
+        let scale = self.bn.gamma.val() / (var + self.bn.epsilon).sqrt();
+        let bias = match &self.conv.bias {
+            Some(b) => b.val(),
+            None => mean.zeros_like(),
+        };
+        let weight = self.conv.weight.val() * scale.clone().reshape([channels, 1, 1, 1]);
+        (weight, self.bn.beta.val() + scale * (bias - mean))
+    }
+
+    /// Weight and bias folded with the running statistics.
+    pub fn fold_running(&self) -> (Tensor<4>, Tensor<1>) {
+        self.fold(
+            self.bn.running_mean.value_sync(),
+            self.bn.running_var.value_sync(),
+        )
+    }
+
+    fn uses_batch_statistics(&self, x: &Tensor<4>) -> bool {
+        x.device().is_autodiff() && self.bn.training.val().is_enabled() && !self.bn_frozen
+    }
+
+    /// Batch mean and unbiased variance of an un-quantized convolution, detached; moves the
+    /// running statistics.
+    fn batch_statistics(&self, x: &Tensor<4>) -> (Tensor<1>, Tensor<1>) {
+        let y = self.conv.forward(x.clone().detach()).detach();
+        let channels = y.dims()[1];
+        let rows: Tensor<2> = y.swap_dims(0, 1).reshape([channels as i32, -1]);
+        let (var, mean) = rows.var_mean(1);
+        let (mean, var) = (mean.reshape([channels]), var.reshape([channels]));
+        let m = self.bn.momentum;
+        let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+            let running = state.value_sync() * (1.0 - m) + batch.without_autodiff() * m;
+            commit(state, running);
+        };
+        update(&self.bn.running_mean, mean.clone());
+        update(&self.bn.running_var, var.clone());
+        (mean, var)
+    }
+
+    /// Fake-quantized forward.
+    pub fn forward_fq(&self, x: Quantized<4>) -> Quantized<4> {
+        let (x, input) = self.observers.quantize_input(x);
+        let (weight, bias) = if self.uses_batch_statistics(&x) {
+            let (mean, var) = self.batch_statistics(&x);
+            self.fold(mean, var)
+        } else {
+            self.fold_running()
+        };
+        let (weight, bias) = self
+            .observers
+            .quantize_parameters(weight, Some(bias), &input);
+        let y = conv2d(x, weight, bias, conv_options(&self.conv));
+        self.observers
+            .quantize_output(if self.relu { relu(y) } else { y })
+    }
+
+    /// The integer convolution with the weights folded with the running statistics.
+    pub fn to_integer(&self, previous: Option<&QParams>) -> Result<IntConv2d, QuantError> {
+        let (weight, bias) = self.fold_running();
+        super::qconv2d::int_conv(&self.conv, &self.observers, weight, bias, previous)
+    }
+}

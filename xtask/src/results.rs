@@ -1,0 +1,404 @@
+//! The sweep's results: data model, resume logic and the JSON / CSV / Markdown files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The published numbers of the seed article (MNIST test accuracy, %, bits 1..=8).
+pub const SEED_PTQ: [f64; 8] = [10.0, 47.0, 83.0, 96.0, 98.0, 98.0, 98.0, 98.0];
+/// See [`SEED_PTQ`].
+pub const SEED_QAT: [f64; 8] = [10.0, 63.0, 90.0, 97.0, 98.0, 98.0, 98.0, 98.0];
+
+/// Everything that changes the numbers (bit widths excluded: a sweep can be extended).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepConfig {
+    /// Model name.
+    pub model: String,
+    /// Backend (cargo feature) of the worker.
+    pub backend: String,
+    /// Float training epochs.
+    pub epochs: usize,
+    /// Float learning rate.
+    pub lr: f64,
+    /// QAT epochs.
+    pub qat_epochs: usize,
+    /// QAT learning rate.
+    pub qat_lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// PTQ calibration batches.
+    pub calib_batches: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Training images used (all when `None`).
+    pub train_limit: Option<usize>,
+    /// Test images used (all when `None`).
+    pub test_limit: Option<usize>,
+    /// Bias kept in float in the fake-quantized model.
+    pub float_bias: bool,
+}
+
+impl SweepConfig {
+    /// The part of the configuration the float model depends on.
+    pub fn float_key(&self) -> serde_json::Value {
+        serde_json::json!({
+            "model": self.model, "epochs": self.epochs, "lr": self.lr,
+            "momentum": self.momentum, "seed": self.seed, "train_limit": self.train_limit,
+        })
+    }
+}
+
+/// Accuracies (fractions in [0, 1]) of one quantization mode at one bit width.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModeResult {
+    /// Fake-quantized model.
+    pub fake_quant: f64,
+    /// Integer engine.
+    pub integer: f64,
+    /// Fraction of test images with the same prediction on both.
+    pub agreement: f64,
+}
+
+/// One bit width.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Bit width.
+    pub bits: u32,
+    /// Post-training quantization.
+    pub ptq: Option<ModeResult>,
+    /// Quantization-aware training.
+    pub qat: Option<ModeResult>,
+}
+
+/// Wall time per phase, seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WallSeconds {
+    /// Float training (0 when loaded from the checkpoint).
+    pub float: f64,
+    /// PTQ per bit width.
+    pub ptq: BTreeMap<u32, f64>,
+    /// QAT per bit width.
+    pub qat: BTreeMap<u32, f64>,
+}
+
+/// The whole `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    /// Model name.
+    pub model: String,
+    /// Float test accuracy.
+    pub float_accuracy: Option<f64>,
+    /// Per bit width, sorted.
+    pub rows: Vec<Row>,
+    /// Wall time per phase.
+    pub wall_seconds: WallSeconds,
+    /// The configuration.
+    pub config: SweepConfig,
+    /// Backend.
+    pub backend: String,
+    /// Seed.
+    pub seed: u64,
+    /// UTC date of the last update.
+    pub date: String,
+    /// Git commit of the code.
+    pub git_commit: String,
+    /// The command that produced the results.
+    pub command: String,
+}
+
+/// A quantization mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Post-training quantization.
+    Ptq,
+    /// Quantization-aware training.
+    Qat,
+}
+
+impl Mode {
+    /// Both modes, in the order they run.
+    pub const BOTH: [Mode; 2] = [Mode::Ptq, Mode::Qat];
+
+    /// Lower-case name, as the worker spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Ptq => "ptq",
+            Mode::Qat => "qat",
+        }
+    }
+
+    /// Parses the worker's spelling.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::BOTH.into_iter().find(|m| m.name() == name)
+    }
+}
+
+impl Results {
+    /// Empty results for `config`.
+    pub fn new(config: SweepConfig, git_commit: String, command: String) -> Self {
+        Self {
+            model: config.model.clone(),
+            float_accuracy: None,
+            rows: Vec::new(),
+            wall_seconds: WallSeconds::default(),
+            backend: config.backend.clone(),
+            seed: config.seed,
+            config,
+            date: String::new(),
+            git_commit,
+            command,
+        }
+    }
+
+    /// The results of a previous run to resume: kept only when its configuration matches.
+    pub fn resume(previous: Option<Results>, config: &SweepConfig, force: bool) -> Option<Results> {
+        previous.filter(|p| !force && &p.config == config)
+    }
+
+    /// The modes still missing at each of `bits`, in order.
+    pub fn pending(&self, bits: &[u32]) -> Vec<(u32, Vec<Mode>)> {
+        bits.iter()
+            .filter_map(|&b| {
+                let row = self.rows.iter().find(|r| r.bits == b);
+                let missing: Vec<Mode> = Mode::BOTH
+                    .into_iter()
+                    .filter(|&m| row.and_then(|r| r.get(m)).is_none())
+                    .collect();
+                (!missing.is_empty()).then_some((b, missing))
+            })
+            .collect()
+    }
+
+    /// Stores one finished (bits, mode).
+    pub fn record(&mut self, bits: u32, mode: Mode, result: ModeResult, seconds: f64) {
+        let index = match self.rows.iter().position(|r| r.bits == bits) {
+            Some(i) => i,
+            None => {
+                self.rows.push(Row {
+                    bits,
+                    ptq: None,
+                    qat: None,
+                });
+                self.rows.sort_by_key(|r| r.bits);
+                self.rows
+                    .iter()
+                    .position(|r| r.bits == bits)
+                    .expect("just added")
+            }
+        };
+        let row = &mut self.rows[index];
+        match mode {
+            Mode::Ptq => row.ptq = Some(result),
+            Mode::Qat => row.qat = Some(result),
+        }
+        let times = match mode {
+            Mode::Ptq => &mut self.wall_seconds.ptq,
+            Mode::Qat => &mut self.wall_seconds.qat,
+        };
+        times.insert(bits, seconds);
+    }
+
+    /// Reads `results.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Writes `results.json`, `results.csv` and `results.md` into `dir`, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        write_atomic(
+            &dir.join("results.json"),
+            &serde_json::to_string_pretty(self)?,
+        )?;
+        write_atomic(&dir.join("results.csv"), &self.csv())?;
+        write_atomic(&dir.join("results.md"), &self.markdown())
+    }
+
+    /// One line per (bits, mode).
+    pub fn csv(&self) -> String {
+        let mut out = String::from("bits,mode,fake_quant,integer,agreement,seconds\n");
+        for row in &self.rows {
+            for mode in Mode::BOTH {
+                if let Some(r) = row.get(mode) {
+                    let secs = self.seconds(row.bits, mode).unwrap_or(f64::NAN);
+                    out += &format!(
+                        "{},{},{:.4},{:.4},{:.4},{secs:.1}\n",
+                        row.bits,
+                        mode.name(),
+                        r.fake_quant,
+                        r.integer,
+                        r.agreement
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn seconds(&self, bits: u32, mode: Mode) -> Option<f64> {
+        match mode {
+            Mode::Ptq => self.wall_seconds.ptq.get(&bits).copied(),
+            Mode::Qat => self.wall_seconds.qat.get(&bits).copied(),
+        }
+    }
+
+    /// The seed's table (integer-engine accuracy, %) plus details and provenance.
+    pub fn markdown(&self) -> String {
+        let pct = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{:.2}", 100.0 * v));
+        let bits: Vec<u32> = self.rows.iter().map(|r| r.bits).collect();
+        let header: String = bits.iter().map(|b| format!(" {b} |")).collect();
+        let rule: String = bits.iter().map(|_| "---|").collect();
+        let line = |name: &str, f: &dyn Fn(&Row) -> Option<f64>| -> String {
+            let cells: String = self
+                .rows
+                .iter()
+                .map(|r| format!(" {} |", pct(f(r))))
+                .collect();
+            format!("| {name} |{cells}\n")
+        };
+        let seed = |table: &[f64; 8], b: u32| table.get(b as usize - 1).map(|v| v / 100.0);
+        let mut out = format!(
+            "# {} on MNIST: test accuracy (%) vs bits\n\nFloat model: {} %.\n\n",
+            self.model,
+            pct(self.float_accuracy)
+        );
+        out += &format!("| bit |{header}\n|---|{rule}\n");
+        out += &line("PTQ", &|r| r.ptq.map(|m| m.integer));
+        out += &line("QAT", &|r| r.qat.map(|m| m.integer));
+        out += &line("PTQ (seed)", &|r| seed(&SEED_PTQ, r.bits));
+        out += &line("QAT (seed)", &|r| seed(&SEED_QAT, r.bits));
+        out += "\nPTQ and QAT rows: integer engine. Details (fake-quant / integer / agreement, %):\n\n";
+        out += "| bits | PTQ fake-quant | PTQ integer | PTQ agreement | QAT fake-quant | QAT integer | QAT agreement |\n|---|---|---|---|---|---|---|\n";
+        for r in &self.rows {
+            let cells = |m: Option<ModeResult>| {
+                format!(
+                    "{} | {} | {}",
+                    pct(m.map(|m| m.fake_quant)),
+                    pct(m.map(|m| m.integer)),
+                    pct(m.map(|m| m.agreement))
+                )
+            };
+            out += &format!("| {} | {} | {} |\n", r.bits, cells(r.ptq), cells(r.qat));
+        }
+        out += &format!(
+            "\nProduced by `{}` (backend {}, seed {}, commit {}, {}).\n\nConfiguration: `{}`\n",
+            self.command,
+            self.backend,
+            self.seed,
+            self.git_commit,
+            self.date,
+            serde_json::to_string(&self.config).unwrap_or_default()
+        );
+        out
+    }
+}
+
+impl Row {
+    /// The result of `mode`, if done.
+    pub fn get(&self, mode: Mode) -> Option<ModeResult> {
+        match mode {
+            Mode::Ptq => self.ptq,
+            Mode::Qat => self.qat,
+        }
+    }
+}
+
+/// Writes `contents` to a temporary file beside `path`, then renames it over `path`.
+pub fn write_atomic(path: &Path, contents: &str) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn config() -> SweepConfig {
+        SweepConfig {
+            model: "net".into(),
+            backend: "flex".into(),
+            epochs: 1,
+            lr: 0.01,
+            qat_epochs: 1,
+            qat_lr: 0.001,
+            momentum: 0.5,
+            calib_batches: 20,
+            seed: 1,
+            train_limit: Some(1000),
+            test_limit: None,
+            float_bias: false,
+        }
+    }
+
+    pub(crate) fn result(v: f64) -> ModeResult {
+        ModeResult {
+            fake_quant: v,
+            integer: v,
+            agreement: 1.0,
+        }
+    }
+
+    #[test]
+    fn resume_only_with_the_same_config() {
+        let previous = Results::new(config(), "abc".into(), "cmd".into());
+        assert!(Results::resume(Some(previous.clone()), &config(), false).is_some());
+        assert!(Results::resume(Some(previous.clone()), &config(), true).is_none());
+        let other = SweepConfig {
+            seed: 2,
+            ..config()
+        };
+        assert!(Results::resume(Some(previous), &other, false).is_none());
+    }
+
+    #[test]
+    fn pending_lists_what_is_missing() {
+        let mut r = Results::new(config(), "abc".into(), "cmd".into());
+        r.record(4, Mode::Ptq, result(0.9), 1.0);
+        r.record(2, Mode::Ptq, result(0.5), 1.0);
+        r.record(2, Mode::Qat, result(0.6), 2.0);
+        assert_eq!(
+            r.pending(&[1, 2, 4]),
+            vec![(1, vec![Mode::Ptq, Mode::Qat]), (4, vec![Mode::Qat])]
+        );
+        assert_eq!(
+            r.rows.iter().map(|r| r.bits).collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+        assert_eq!(r.wall_seconds.qat[&2], 2.0);
+    }
+
+    #[test]
+    fn files_round_trip_and_are_written_atomically() {
+        let dir = std::env::temp_dir().join(format!("xtask-results-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Results::new(config(), "abc".into(), "cargo xtask sweep".into());
+        r.float_accuracy = Some(0.98);
+        r.record(8, Mode::Ptq, result(0.97), 3.0);
+        r.save(&dir).unwrap();
+        assert_eq!(Results::load(&dir.join("results.json")).unwrap(), r);
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "8,ptq,0.9700,0.9700,1.0000,3.0"
+        );
+        let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
+        assert!(
+            md.contains("| bit | 8 |") && md.contains("| PTQ | 97.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("| QAT | – |") && md.contains("| PTQ (seed) | 98.00 |"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

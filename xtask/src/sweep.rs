@@ -1,0 +1,398 @@
+//! `cargo xtask sweep`: runs the MNIST worker (the `mnist` example) for every bit width and
+//! mode still missing, records each result as soon as it arrives, and draws the plots.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::plot::plot;
+use crate::results::{Mode, ModeResult, Results, SweepConfig, write_atomic};
+
+/// What to run.
+pub struct Sweep {
+    /// Everything that changes the numbers.
+    pub config: SweepConfig,
+    /// Bit widths.
+    pub bits: Vec<u32>,
+    /// MNIST directory passed to the worker.
+    pub data_dir: Option<PathBuf>,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Recompute everything.
+    pub force: bool,
+    /// The command line, recorded in the results.
+    pub command: String,
+}
+
+impl Sweep {
+    /// Runs the sweep.
+    pub fn run(&self) -> Result<Results> {
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("creating {}", self.out.display()))?;
+        let json = self.out.join("results.json");
+        let previous = json.exists().then(|| Results::load(&json)).transpose()?;
+        let mut results = match Results::resume(previous, &self.config, self.force) {
+            Some(previous) => {
+                eprintln!("resuming {} (same configuration)", json.display());
+                previous
+            }
+            None => Results::new(self.config.clone(), git_commit(), self.command.clone()),
+        };
+        results.command = self.command.clone();
+        results.git_commit = git_commit();
+        self.prepare_checkpoint()?;
+        let pending = results.pending(&self.bits);
+        if pending.is_empty() {
+            eprintln!(
+                "nothing to do: every bit width asked is in {}",
+                json.display()
+            );
+        }
+        for (bits, modes) in pending {
+            self.run_worker(bits, &modes, &mut results)?;
+            print_summary(&results, bits);
+        }
+        results.date = utc_now();
+        results.save(&self.out)?;
+        plot(&results, &self.out)?;
+        eprintln!("results and plots in {}", self.out.display());
+        Ok(results)
+    }
+
+    /// Keeps the float checkpoint only if it was trained with the same float settings.
+    fn prepare_checkpoint(&self) -> Result<()> {
+        let key = self.config.float_key().to_string();
+        let key_path = self.out.join("float.json");
+        let same = std::fs::read_to_string(&key_path).is_ok_and(|k| k == key);
+        if self.force || !same {
+            let _ = std::fs::remove_file(self.checkpoint());
+        }
+        write_atomic(&key_path, &key)
+    }
+
+    fn checkpoint(&self) -> PathBuf {
+        self.out.join("float.bpk")
+    }
+
+    fn worker_args(&self, bits: u32, modes: &[Mode]) -> Vec<String> {
+        let c = &self.config;
+        let mut args: Vec<String> = vec![
+            "--bits".into(),
+            bits.to_string(),
+            "--epochs".into(),
+            c.epochs.to_string(),
+            "--lr".into(),
+            c.lr.to_string(),
+            "--qat-epochs".into(),
+            c.qat_epochs.to_string(),
+            "--qat-lr".into(),
+            c.qat_lr.to_string(),
+            "--momentum".into(),
+            c.momentum.to_string(),
+            "--calib-batches".into(),
+            c.calib_batches.to_string(),
+            "--seed".into(),
+            c.seed.to_string(),
+            "--checkpoint".into(),
+            self.checkpoint().display().to_string(),
+            "--json".into(),
+        ];
+        let mut push = |flag: &str, value: Option<String>| {
+            if let Some(v) = value {
+                args.push(flag.into());
+                args.push(v);
+            }
+        };
+        push("--train-limit", c.train_limit.map(|n| n.to_string()));
+        push("--test-limit", c.test_limit.map(|n| n.to_string()));
+        push(
+            "--data-dir",
+            self.data_dir.as_ref().map(|d| d.display().to_string()),
+        );
+        if modes.len() == 1 {
+            push("--only", Some(modes[0].name().into()));
+        }
+        if c.float_bias {
+            args.push("--float-bias".into());
+        }
+        args
+    }
+
+    fn run_worker(&self, bits: u32, modes: &[Mode], results: &mut Results) -> Result<()> {
+        let backend = &self.config.backend;
+        let features = worker_features(backend);
+        let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "--example",
+                "mnist",
+                "--features",
+                features,
+            ])
+            .arg("--")
+            .args(self.worker_args(bits, modes))
+            .env("BURN_QUANT_DEVICE", backend)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the worker (cargo run --example mnist)")?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let progress = std::thread::spawn(move || show_progress(bits, stderr));
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let start = Instant::now();
+        for line in stdout.lines() {
+            let line = line?;
+            let Some(json) = line.strip_prefix("RESULT ") else {
+                continue;
+            };
+            let value: serde_json::Value = serde_json::from_str(json)?;
+            self.record(&value, results, start.elapsed().as_secs_f64())?;
+        }
+        let status = child.wait()?;
+        let tail = progress.join().unwrap_or_default();
+        if !status.success() {
+            bail!("the worker failed at {bits} bits ({status}); its last messages:\n{tail}");
+        }
+        Ok(())
+    }
+
+    fn record(&self, value: &serde_json::Value, results: &mut Results, elapsed: f64) -> Result<()> {
+        let num = |k: &str| {
+            value[k]
+                .as_f64()
+                .with_context(|| format!("missing `{k}` in {value}"))
+        };
+        let mode = value["mode"].as_str().unwrap_or_default();
+        if mode == "float" {
+            results.float_accuracy = Some(num("accuracy")?);
+            if value["trained"].as_bool() == Some(true) {
+                results.wall_seconds.float = num("seconds")?;
+            }
+        } else {
+            let mode = Mode::parse(mode).with_context(|| format!("unknown mode in {value}"))?;
+            let result = ModeResult {
+                fake_quant: num("fake_quant")?,
+                integer: num("integer")?,
+                agreement: num("agreement")?,
+            };
+            let seconds = value["seconds"].as_f64().unwrap_or(elapsed);
+            results.record(num("bits")? as u32, mode, result, seconds);
+        }
+        results.date = utc_now();
+        results.save(&self.out)
+    }
+}
+
+/// Cargo features of the worker for `backend`: the CPU and wgpu backends share one build
+/// (the one the tests use); `vulkan` must not be compiled next to the others on lavapipe.
+pub fn worker_features(backend: &str) -> &'static str {
+    match backend {
+        "vulkan" => "vulkan",
+        _ => "ndarray,wgpu",
+    }
+}
+
+/// Shows one progress bar per phase from the worker's `PROGRESS phase done total` lines;
+/// returns the last other lines (for error messages).
+fn show_progress(bits: u32, stderr: impl std::io::Read) -> String {
+    let bars = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:>12} [{bar:30}] {pos}/{len} batches, {elapsed} elapsed, ETA {eta}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ");
+    let mut phases: HashMap<String, ProgressBar> = HashMap::new();
+    let mut tail: Vec<String> = Vec::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let ["PROGRESS", phase, done, total] = parts[..] {
+            let (Ok(done), Ok(total)) = (done.parse::<u64>(), total.parse::<u64>()) else {
+                continue;
+            };
+            let bar = phases.entry(phase.to_string()).or_insert_with(|| {
+                let bar = bars.add(ProgressBar::new(total));
+                bar.set_style(style.clone());
+                let label = if phase == "float" {
+                    "float".into()
+                } else {
+                    format!("{bits}b {phase}")
+                };
+                bar.set_prefix(label);
+                bar
+            });
+            bar.set_position(done);
+            if done == total {
+                bar.finish();
+            }
+        } else if !line.contains("XDG_RUNTIME_DIR") {
+            tail.push(line);
+            if tail.len() > 20 {
+                tail.remove(0);
+            }
+        }
+    }
+    tail.join("\n")
+}
+
+fn print_summary(results: &Results, bits: u32) {
+    let Some(row) = results.rows.iter().find(|r| r.bits == bits) else {
+        return;
+    };
+    let show = |m: Option<ModeResult>| {
+        m.map_or("–".into(), |m| {
+            format!(
+                "{:.2} % (fake-quant {:.2} %, agreement {:.2} %)",
+                100.0 * m.integer,
+                100.0 * m.fake_quant,
+                100.0 * m.agreement
+            )
+        })
+    };
+    println!("{bits} bits: PTQ {}; QAT {}", show(row.ptq), show(row.qat));
+}
+
+/// The current commit, `unknown` outside a git checkout.
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` now.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Checks a sweep's output directory: every file exists, the JSON parses, accuracies are
+/// fractions in [0, 1], the PNG has a valid signature.
+pub fn check_outputs(dir: &Path) -> Result<Results> {
+    for name in [
+        "results.json",
+        "results.csv",
+        "results.md",
+        "accuracy.svg",
+        "accuracy.png",
+    ] {
+        let path = dir.join(name);
+        if !path.is_file() {
+            bail!("{} is missing", path.display());
+        }
+    }
+    let results = Results::load(&dir.join("results.json"))?;
+    if results.rows.is_empty() {
+        bail!("results.json has no rows");
+    }
+    let fractions = results
+        .rows
+        .iter()
+        .flat_map(|r| [r.ptq, r.qat])
+        .flatten()
+        .flat_map(|m| [m.fake_quant, m.integer, m.agreement])
+        .chain(results.float_accuracy);
+    for v in fractions {
+        if !(0.0..=1.0).contains(&v) {
+            bail!("accuracy {v} is not a fraction in [0, 1]");
+        }
+    }
+    let png = std::fs::read(dir.join("accuracy.png"))?;
+    if !png.starts_with(b"\x89PNG\r\n\x1a\n") {
+        bail!("accuracy.png is not a PNG");
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_now_is_well_formed() {
+        let now = utc_now();
+        assert_eq!(now.len(), 20, "{now}");
+        assert!(now.starts_with("20") && now.ends_with('Z'));
+    }
+
+    #[test]
+    fn worker_gets_every_setting() {
+        let sweep = Sweep {
+            config: crate::results::tests::config(),
+            bits: vec![4],
+            data_dir: Some(PathBuf::from("/data")),
+            out: PathBuf::from("/out"),
+            force: false,
+            command: "cmd".into(),
+        };
+        let args = sweep.worker_args(4, &[Mode::Qat]).join(" ");
+        for expected in [
+            "--bits 4",
+            "--only qat",
+            "--train-limit 1000",
+            "--data-dir /data",
+            "--json",
+        ] {
+            assert!(args.contains(expected), "{args}");
+        }
+        assert!(
+            !sweep
+                .worker_args(4, &Mode::BOTH)
+                .join(" ")
+                .contains("--only")
+        );
+    }
+
+    #[test]
+    fn checkpoint_is_dropped_when_float_settings_change() {
+        let dir = std::env::temp_dir().join(format!("xtask-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut sweep = Sweep {
+            config: crate::results::tests::config(),
+            bits: vec![4],
+            data_dir: None,
+            out: dir.clone(),
+            force: false,
+            command: "cmd".into(),
+        };
+        sweep.prepare_checkpoint().unwrap();
+        std::fs::write(sweep.checkpoint(), b"weights").unwrap();
+        // Same float settings (QAT settings may differ): kept.
+        sweep.config.qat_lr = 0.5;
+        sweep.prepare_checkpoint().unwrap();
+        assert!(sweep.checkpoint().exists());
+        // Other float settings: dropped.
+        sweep.config.epochs = 3;
+        sweep.prepare_checkpoint().unwrap();
+        assert!(!sweep.checkpoint().exists());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
