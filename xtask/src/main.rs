@@ -1,5 +1,6 @@
 //! burn-quant's task runner: `cargo xtask sweep | plot | check | bench`.
 
+mod bench;
 mod plot;
 mod results;
 mod sweep;
@@ -33,6 +34,18 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run the criterion benchmarks and write bench.json / bench.md (ratios per backend).
+    Bench {
+        /// Backends to measure (cargo features), comma-separated.
+        #[arg(long, default_value = "flex,ndarray", value_delimiter = ',')]
+        backends: Vec<String>,
+        /// Shorter measurements.
+        #[arg(long)]
+        quick: bool,
+        /// Output directory.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Check a sweep's output directory (files exist, JSON parses, accuracies in range, PNG).
     Check {
         /// The sweep's output directory.
@@ -49,7 +62,7 @@ struct SweepArgs {
     /// Backend cargo feature the worker is built and run with (flex, ndarray, wgpu, vulkan).
     #[arg(long, default_value = "flex")]
     backend: String,
-    /// Model (only `net` for now).
+    /// Model: `net` (the article's) or `netbn` (BatchNorm folded into the convolutions).
     #[arg(long, default_value = "net")]
     model: String,
     /// Float training epochs [15; quick: 1].
@@ -76,7 +89,7 @@ struct SweepArgs {
     /// MNIST directory (else BURN_QUANT_MNIST_DIR, else Burn's cache).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Output directory [target/sweep; quick: target/sweep-quick].
+    /// Output directory [target/sweep-MODEL; quick: target/sweep-quick-MODEL].
     #[arg(long)]
     out: Option<PathBuf>,
     /// A few minutes on 2 cores: 1 float and 1 QAT epoch on 12,800 training images,
@@ -142,8 +155,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Sweep(args) => {
-            if args.model != "net" {
-                bail!("unknown model `{}` (available: net)", args.model);
+            if !["net", "netbn"].contains(&args.model.as_str()) {
+                bail!("unknown model `{}` (available: net, netbn)", args.model);
             }
             if !["flex", "ndarray", "wgpu", "vulkan"].contains(&args.backend.as_str()) {
                 bail!(
@@ -151,11 +164,11 @@ fn main() -> Result<()> {
                     args.backend
                 );
             }
-            let default_out = if args.quick {
-                "target/sweep-quick"
-            } else {
-                "target/sweep"
-            };
+            let default_out = format!(
+                "target/sweep{}-{}",
+                if args.quick { "-quick" } else { "" },
+                args.model
+            );
             let command = std::iter::once("cargo xtask".to_string())
                 .chain(std::env::args().skip(1))
                 .collect::<Vec<_>>()
@@ -180,6 +193,11 @@ fn main() -> Result<()> {
             plot::plot(&results, &dir)?;
             eprintln!("plots written to {}", dir.display());
         }
+        Task::Bench {
+            backends,
+            quick,
+            out,
+        } => bench::run(&backends, quick, &out)?,
         Task::Check { from } => {
             let results = sweep::check_outputs(&from)?;
             println!(

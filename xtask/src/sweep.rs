@@ -82,6 +82,8 @@ impl Sweep {
     fn worker_args(&self, bits: u32, modes: &[Mode]) -> Vec<String> {
         let c = &self.config;
         let mut args: Vec<String> = vec![
+            "--model".into(),
+            c.model.clone(),
             "--bits".into(),
             bits.to_string(),
             "--epochs".into(),

@@ -1,0 +1,149 @@
+//! Criterion benchmarks, each a pair measured in the same run so that it can be reported as a
+//! ratio: fake-quant vs a plain elementwise op, a QAT training step vs a float one, integer
+//! engine vs float inference. Runs on every enabled backend, or on those listed in
+//! `BURN_QUANT_BENCH_BACKENDS` (comma-separated). `cargo xtask bench` runs it and writes
+//! `bench.json` and `bench.md`.
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn_quant::models::{FloatModel, IntegerModel, Net, QuantizedModel};
+use burn_quant::nn::QConfig;
+use burn_quant::{
+    BackendKind, QParams, QuantScheme, Ste, enabled_backends, fake_quant, set_observing,
+};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+fn backends() -> Vec<BackendKind> {
+    match std::env::var("BURN_QUANT_BENCH_BACKENDS") {
+        Ok(list) => list
+            .split(',')
+            .map(|name| BackendKind::parse(name).expect("enabled backend"))
+            .collect(),
+        Err(_) => enabled_backends(),
+    }
+}
+
+/// Waits for the device to finish queued work.
+fn sync(device: &Device) {
+    device.sync().expect("device sync");
+}
+
+fn elementwise(c: &mut Criterion) {
+    const N: usize = 1 << 20;
+    for kind in backends() {
+        let device = kind.device();
+        let mut group = c.benchmark_group(format!("elementwise/{}", kind.name()));
+        group.throughput(Throughput::Elements(N as u64));
+        let x = Tensor::<1>::random([N], Distribution::Normal(0.0, 1.0), &device);
+        let qp = QParams::from_bounds(-3.0, 3.0, QuantScheme::affine(8).unwrap(), &device).unwrap();
+        sync(&device);
+        group.bench_function("mul_scalar", |b| {
+            b.iter(|| {
+                let _ = (x.clone() * 2.0).into_data();
+            })
+        });
+        group.bench_function("fake_quant", |b| {
+            b.iter(|| {
+                let _ = fake_quant(x.clone(), &qp, Ste::Identity).into_data();
+            })
+        });
+        let ad = device.clone().autodiff();
+        let xa = Tensor::<1>::random([N], Distribution::Normal(0.0, 1.0), &ad);
+        let qpa = QParams::from_bounds(-3.0, 3.0, QuantScheme::affine(8).unwrap(), &ad).unwrap();
+        group.bench_function("mul_scalar_backward", |b| {
+            b.iter(|| {
+                let x = xa.clone().require_grad();
+                let g = (x.clone() * 2.0).sum().backward();
+                let _ = x.grad(&g).unwrap().into_data();
+            })
+        });
+        group.bench_function("fake_quant_backward", |b| {
+            b.iter(|| {
+                let x = xa.clone().require_grad();
+                let g = fake_quant(x.clone(), &qpa, Ste::Identity).sum().backward();
+                let _ = x.grad(&g).unwrap().into_data();
+            })
+        });
+        group.finish();
+    }
+}
+
+fn batch(device: &Device, n: usize) -> (Tensor<4>, Tensor<1, Int>) {
+    let x = Tensor::<4>::random([n, 1, 28, 28], Distribution::Normal(0.0, 1.0), device);
+    let labels: Vec<i32> = (0..n as i32).map(|i| i % 10).collect();
+    (x, Tensor::from_data(TensorData::new(labels, [n]), device))
+}
+
+fn train_step(c: &mut Criterion) {
+    for kind in backends() {
+        let device = kind.device();
+        let ad = device.clone().autodiff();
+        let mut group = c.benchmark_group(format!("train_step/{}", kind.name()));
+        group.sample_size(20);
+        group.throughput(Throughput::Elements(64));
+        let (x, y) = batch(&device, 64);
+        let loss = CrossEntropyLossConfig::new().init(&ad);
+        let optim = || {
+            SgdConfig::new()
+                .with_momentum(Some(
+                    MomentumConfig::new().with_momentum(0.5).with_dampening(0.0),
+                ))
+                .init()
+        };
+        let mut net = Some(Net::new(&ad));
+        let mut opt = optim();
+        group.bench_function("float", |b| {
+            b.iter(|| {
+                let model = net.take().unwrap();
+                let l = loss.forward(model.forward(x.clone()), y.clone());
+                let grads = GradientsParams::from_grads(l.backward(), &model);
+                net = Some(opt.step(0.01, model, grads));
+                sync(&ad);
+            })
+        });
+        let mut qnet = Some(Net::new(&ad).quantize(&QConfig::reference(8).unwrap()));
+        let mut opt = optim();
+        group.bench_function("qat", |b| {
+            b.iter(|| {
+                let model = qnet.take().unwrap();
+                let l = loss.forward(model.forward_fq(x.clone()), y.clone());
+                let grads = GradientsParams::from_grads(l.backward(), &model);
+                qnet = Some(opt.step(0.01, model, grads));
+                sync(&ad);
+            })
+        });
+        group.finish();
+    }
+}
+
+fn inference(c: &mut Criterion) {
+    for kind in backends() {
+        let device = kind.device();
+        let mut group = c.benchmark_group(format!("inference/{}", kind.name()));
+        group.sample_size(20);
+        let net = Net::new(&device);
+        let qnet = net.quantize(&QConfig::reference(8).unwrap());
+        let (calib, _) = batch(&device, 64);
+        let _ = qnet.forward_fq(calib).into_data();
+        let qnet = set_observing(qnet, false);
+        let int_net = qnet.to_integer().unwrap();
+        for n in [1usize, 256] {
+            let (x, _) = batch(&device, n);
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::new("float", n), &x, |b, x| {
+                b.iter(|| net.forward(x.clone()).into_data())
+            });
+            group.bench_with_input(BenchmarkId::new("integer", n), &x, |b, x| {
+                b.iter(|| int_net.forward(x.clone()).into_data())
+            });
+        }
+        group.finish();
+        let _ = qnet.valid();
+    }
+}
+
+criterion_group!(benches, elementwise, train_step, inference);
+criterion_main!(benches);
