@@ -4,7 +4,7 @@ mod common;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData, module::conv2d, ops::ConvOptions};
 use burn_quant::engine::{
-    FixedPointMultiplier, IntConv2d, Requantizer, int_max_pool2d, requantize,
+    FixedPointMultiplier, IntConv2d, Requantizer, int_max_pool2d, requantize, requantize_uniform,
 };
 use burn_quant::{QParams, QuantScheme, SplitMix64};
 use common::device;
@@ -56,9 +56,11 @@ fn tensor_requantize_equals_scalar_reference() {
             .collect();
         let full = |v: i32| Tensor::<1, Int>::from_data(TensorData::new(vec![v; n], [n]), &device);
         let x = Tensor::<1, Int>::from_data(TensorData::new(xs.clone(), [n]), &device);
-        let got = ints(requantize(x, full(f.m0), full(left), full(right)));
+        let got = ints(requantize(x.clone(), full(f.m0), full(left), full(right)));
+        let uniform = ints(requantize_uniform(x, f));
         for (i, &x) in xs.iter().enumerate() {
             assert_eq!(got[i], f.apply(x) as i64, "m {m}, x {x}");
+            assert_eq!(uniform[i], f.apply(x) as i64, "uniform: m {m}, x {x}");
         }
     }
 }

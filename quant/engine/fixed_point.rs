@@ -81,29 +81,69 @@ pub fn requantize<const D: usize>(
     left: Tensor<D, Int>,
     right: Tensor<D, Int>,
 ) -> Tensor<D, Int> {
+    let b0 = m0.clone().bitwise_and_scalar(LIMB_MASK);
+    let b1 = m0
+        .bitwise_right_shift_scalar(LIMB)
+        .bitwise_and_scalar(LIMB_MASK);
     let x = x.bitwise_left_shift(left);
-    let sign = x.clone().sign();
-    let limbs = |v: Tensor<D, Int>| {
-        (
-            v.clone().bitwise_and_scalar(LIMB_MASK),
-            v.clone()
-                .bitwise_right_shift_scalar(LIMB)
-                .bitwise_and_scalar(LIMB_MASK),
-            v.bitwise_right_shift_scalar(2 * LIMB),
-        )
+    let offset = right
+        .ones_like()
+        .bitwise_left_shift(right.clone())
+        .bitwise_right_shift_scalar(1);
+    let no_shift = right.clone().equal_elem(0).int();
+    multiply_and_round(
+        x,
+        |a| a * b0.clone(),
+        |a| a * b1.clone(),
+        |high, half| (high + offset).bitwise_right_shift(right) + half * no_shift,
+    )
+}
+
+/// [`requantize`] with one multiplier for every element: scalar operands, fewer passes.
+pub fn requantize_uniform<const D: usize>(
+    x: Tensor<D, Int>,
+    m: FixedPointMultiplier,
+) -> Tensor<D, Int> {
+    let (b0, b1) = (m.m0 & LIMB_MASK, (m.m0 >> LIMB) & LIMB_MASK);
+    let x = match m.shift {
+        s if s < 0 => x.bitwise_left_shift_scalar(-s),
+        _ => x,
     };
-    let (a0, a1, a2) = limbs(x.abs());
-    let (b0, b1, b2) = limbs(m0);
-    // Column sums of the limb products (each below 2^31), with carries.
-    let c0 = a0.clone() * b0.clone();
-    let c1 =
-        a0.clone() * b1.clone() + a1.clone() * b0.clone() + c0.bitwise_right_shift_scalar(LIMB);
-    let c2 = a0 * b2.clone()
-        + a1.clone() * b1.clone()
-        + a2.clone() * b0
-        + c1.bitwise_right_shift_scalar(LIMB);
-    let c3 = a1 * b2.clone() + a2.clone() * b1 + c2.clone().bitwise_right_shift_scalar(LIMB);
-    let c4 = a2 * b2 + c3.clone().bitwise_right_shift_scalar(LIMB);
+    let right = m.shift.max(0);
+    multiply_and_round(
+        x,
+        |a| a * b0,
+        |a| a * b1,
+        |high, half| match right {
+            0 => high + half,
+            n => (high + (1 << (n - 1))).bitwise_right_shift_scalar(n),
+        },
+    )
+}
+
+/// `sign(x) · round(|x| · m0 / 2^(31 + n))`, given multiplication by the two low limbs of
+/// `m0` (its top limb is 1: `m0` lies in `[2^30, 2^31)`) and the final rounding shift, which
+/// receives `floor(P / 2^31)` and the half bit of `P`.
+fn multiply_and_round<const D: usize>(
+    x: Tensor<D, Int>,
+    mul_b0: impl Fn(Tensor<D, Int>) -> Tensor<D, Int>,
+    mul_b1: impl Fn(Tensor<D, Int>) -> Tensor<D, Int>,
+    round_shift: impl FnOnce(Tensor<D, Int>, Tensor<D, Int>) -> Tensor<D, Int>,
+) -> Tensor<D, Int> {
+    let sign = x.clone().sign();
+    let a = x.abs();
+    let a0 = a.clone().bitwise_and_scalar(LIMB_MASK);
+    let a1 = a
+        .clone()
+        .bitwise_right_shift_scalar(LIMB)
+        .bitwise_and_scalar(LIMB_MASK);
+    let a2 = a.bitwise_right_shift_scalar(2 * LIMB);
+    // Column sums of the limb products (each below 2^31), with carries; b2 = 1.
+    let c0 = mul_b0(a0.clone());
+    let c1 = mul_b1(a0.clone()) + mul_b0(a1.clone()) + c0.bitwise_right_shift_scalar(LIMB);
+    let c2 = a0 + mul_b1(a1.clone()) + mul_b0(a2.clone()) + c1.bitwise_right_shift_scalar(LIMB);
+    let c3 = a1 + mul_b1(a2.clone()) + c2.clone().bitwise_right_shift_scalar(LIMB);
+    let c4 = a2 + c3.clone().bitwise_right_shift_scalar(LIMB);
     // H = (d2 >> 1) + d3 · 2^14 + c4 · 2^29; the half bit of P is d2 & 1.
     let d2 = c2.bitwise_and_scalar(LIMB_MASK);
     let d3 = c3.bitwise_and_scalar(LIMB_MASK);
@@ -111,13 +151,7 @@ pub fn requantize<const D: usize>(
     let high = d2.bitwise_right_shift_scalar(1)
         + d3.bitwise_left_shift_scalar(LIMB - 1)
         + c4.bitwise_left_shift_scalar(2 * LIMB - 1);
-    let offset = right
-        .ones_like()
-        .bitwise_left_shift(right.clone())
-        .bitwise_right_shift_scalar(1);
-    let no_shift = right.clone().equal_elem(0).int();
-    let magnitude = (high + offset).bitwise_right_shift(right) + half * no_shift;
-    magnitude * sign
+    round_shift(high, half) * sign
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ mod pool;
 mod requantizer;
 
 pub use conv::IntConv2d;
-pub use fixed_point::{FixedPointMultiplier, requantize};
+pub use fixed_point::{FixedPointMultiplier, requantize, requantize_uniform};
 pub use linear::IntLinear;
 pub use pool::{int_max_pool2d, int_relu};
 pub use requantizer::Requantizer;

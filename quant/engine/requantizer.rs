@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::fixed_point::{FixedPointMultiplier, requantize};
+use super::fixed_point::{FixedPointMultiplier, requantize, requantize_uniform};
 
 /// Maps an i32 accumulator with scale `Si·Sw[c]` to the output grid:
 /// `clamp(M[c]·acc + Zo, qmin, qmax)` with `M[c] = Si·Sw[c]/So` in fixed point.
@@ -56,18 +56,21 @@ impl Requantizer {
 
     /// Requantizes `acc`, whose channels lie along `axis`.
     pub fn apply<const D: usize>(&self, acc: Tensor<D, Int>, axis: usize) -> Tensor<D, Int> {
-        let shape = acc.dims();
-        let mut param_shape = [1usize; D];
-        if self.multipliers.len() > 1 {
-            param_shape[axis] = self.multipliers.len();
-        }
-        let expand = |t: &Tensor<1, Int>| t.clone().reshape(param_shape).expand(shape);
-        let y = requantize(
-            acc,
-            expand(&self.m0),
-            expand(&self.left),
-            expand(&self.right),
-        );
+        let y = match self.multipliers.as_slice() {
+            [m] => requantize_uniform(acc, *m),
+            _ => {
+                let shape = acc.dims();
+                let mut param_shape = [1usize; D];
+                param_shape[axis] = self.multipliers.len();
+                let expand = |t: &Tensor<1, Int>| t.clone().reshape(param_shape).expand(shape);
+                requantize(
+                    acc,
+                    expand(&self.m0),
+                    expand(&self.left),
+                    expand(&self.right),
+                )
+            }
+        };
         (y + self.output_zero_point).clamp(self.qmin, self.qmax)
     }
 }
