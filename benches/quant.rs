@@ -77,44 +77,39 @@ fn batch(device: &Device, n: usize) -> (Tensor<4>, Tensor<1, Int>) {
     (x, Tensor::from_data(TensorData::new(labels, [n]), device))
 }
 
+/// Benchmarks one SGD step (cross-entropy, batch 64) of `model` with `forward` as `name`.
+fn bench_step<M: Module>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    model: M,
+    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+) {
+    let device = model.devices()[0].clone();
+    let (x, y) = batch(&device.clone().without_autodiff(), 64);
+    let loss = CrossEntropyLossConfig::new().init(&device);
+    let momentum = MomentumConfig::new().with_momentum(0.5).with_dampening(0.0);
+    let mut optim = SgdConfig::new().with_momentum(Some(momentum)).init();
+    let mut model = Some(model);
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let m = model.take().expect("model");
+            let l = loss.forward(forward(&m, x.clone()), y.clone());
+            let grads = GradientsParams::from_grads(l.backward(), &m);
+            model = Some(optim.step(0.01, m, grads));
+            sync(&device);
+        })
+    });
+}
+
 fn train_step(c: &mut Criterion) {
     for kind in backends() {
-        let device = kind.device();
-        let ad = device.clone().autodiff();
+        let ad = kind.device().autodiff();
         let mut group = c.benchmark_group(format!("train_step/{}", kind.name()));
         group.sample_size(20);
         group.throughput(Throughput::Elements(64));
-        let (x, y) = batch(&device, 64);
-        let loss = CrossEntropyLossConfig::new().init(&ad);
-        let optim = || {
-            SgdConfig::new()
-                .with_momentum(Some(
-                    MomentumConfig::new().with_momentum(0.5).with_dampening(0.0),
-                ))
-                .init()
-        };
-        let mut net = Some(Net::new(&ad));
-        let mut opt = optim();
-        group.bench_function("float", |b| {
-            b.iter(|| {
-                let model = net.take().unwrap();
-                let l = loss.forward(model.forward(x.clone()), y.clone());
-                let grads = GradientsParams::from_grads(l.backward(), &model);
-                net = Some(opt.step(0.01, model, grads));
-                sync(&ad);
-            })
-        });
-        let mut qnet = Some(Net::new(&ad).quantize(&QConfig::reference(8).unwrap()));
-        let mut opt = optim();
-        group.bench_function("qat", |b| {
-            b.iter(|| {
-                let model = qnet.take().unwrap();
-                let l = loss.forward(model.forward_fq(x.clone()), y.clone());
-                let grads = GradientsParams::from_grads(l.backward(), &model);
-                qnet = Some(opt.step(0.01, model, grads));
-                sync(&ad);
-            })
-        });
+        bench_step(&mut group, "float", Net::new(&ad), |m, x| m.forward(x));
+        let qnet = Net::new(&ad).quantize(&QConfig::reference(8).unwrap());
+        bench_step(&mut group, "qat", qnet, |m, x| m.forward_fq(x));
         group.finish();
     }
 }
