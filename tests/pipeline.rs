@@ -87,10 +87,7 @@ fn skip_unless_full<M>(f: &Fixture<M>, what: &str) -> bool {
 }
 
 fn engine_agrees_with_fake_quant<M: FloatModel>(f: &Fixture<M>) {
-    let config = PipelineConfig {
-        calib_batches: 50,
-        ..PipelineConfig::reference()
-    };
+    let config = PipelineConfig::reference();
     assert!(config.quantize_bias);
     let test = Dataset {
         images: f.test.images.clone().narrow(0, 0, 2000.min(f.test.len())),

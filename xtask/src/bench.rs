@@ -14,8 +14,24 @@ use crate::sweep::{utc_now, worker_features};
 /// Batches of 64 in one MNIST training epoch.
 const BATCHES_PER_EPOCH: f64 = 938.0;
 
-/// Runs `cargo bench --bench quant` for `backends` and writes the summary into `out`.
-pub fn run(backends: &[String], quick: bool, out: &Path) -> Result<()> {
+/// Runs `cargo bench --bench quant` for `backends` (unless `summarize_only`: then the last
+/// criterion measurements are summarized again) and writes the summary into `out`.
+pub fn run(backends: &[String], quick: bool, summarize_only: bool, out: &Path) -> Result<()> {
+    if !summarize_only {
+        run_criterion(backends, quick)?;
+    }
+    let times = read_criterion(&criterion_dir())?;
+    let summary = summarize(&times, backends);
+    std::fs::create_dir_all(out)?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    write_atomic(&out.join("bench.json"), &json)?;
+    write_atomic(&out.join("bench.md"), &markdown(&summary))?;
+    println!("{}", markdown(&summary));
+    eprintln!("bench.json and bench.md in {}", out.display());
+    Ok(())
+}
+
+fn run_criterion(backends: &[String], quick: bool) -> Result<()> {
     let features = if backends.iter().any(|b| b == "vulkan") {
         "vulkan"
     } else {
@@ -31,16 +47,6 @@ pub fn run(backends: &[String], quick: bool, out: &Path) -> Result<()> {
     if !status.success() {
         bail!("cargo bench failed ({status})");
     }
-    let times = read_criterion(&criterion_dir())?;
-    let summary = summarize(&times, backends);
-    std::fs::create_dir_all(out)?;
-    write_atomic(
-        &out.join("bench.json"),
-        &serde_json::to_string_pretty(&summary)?,
-    )?;
-    write_atomic(&out.join("bench.md"), &markdown(&summary))?;
-    println!("{}", markdown(&summary));
-    eprintln!("bench.json and bench.md in {}", out.display());
     Ok(())
 }
 
@@ -117,7 +123,29 @@ fn markdown(summary: &Value) -> String {
             }
         }
     }
-    out + &format!("\nMeasured {}.\n", summary["date"].as_str().unwrap_or(""))
+    out += &comparison(summary);
+    out + &format!(
+        "\nSummarized {} from criterion's latest measurements.\n",
+        summary["date"].as_str().unwrap_or("")
+    )
+}
+
+/// How much faster flex is than ndarray, when both were measured.
+fn comparison(summary: &Value) -> String {
+    let metric = |backend: &str, name: &str| summary["backends"][backend][name].as_f64();
+    let mut out = String::new();
+    for (name, what) in [
+        ("float_step_s", "float training step (batch 64)"),
+        ("qat_step_s", "QAT training step (batch 64)"),
+    ] {
+        if let (Some(flex), Some(ndarray)) = (metric("flex", name), metric("ndarray", name)) {
+            out += &format!(
+                "\n{what}: ndarray takes {:.2} times as long as flex.\n",
+                ndarray / flex
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -145,5 +173,6 @@ mod tests {
         assert_eq!(flex["int_over_float_images_per_s_b256"], 2.0);
         assert!((flex["float_epoch_s"].as_f64().unwrap() - 18.76).abs() < 1e-9);
         assert!(s["backends"]["ndarray"]["qat_over_float_step"].is_null());
+        assert!(comparison(&s).contains("ndarray takes 50.00 times as long as flex"));
     }
 }

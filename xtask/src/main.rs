@@ -42,6 +42,9 @@ enum Task {
         /// Shorter measurements.
         #[arg(long)]
         quick: bool,
+        /// Do not measure: summarize the last criterion measurements again.
+        #[arg(long)]
+        summarize_only: bool,
         /// Output directory.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -196,8 +199,9 @@ fn main() -> Result<()> {
         Task::Bench {
             backends,
             quick,
+            summarize_only,
             out,
-        } => bench::run(&backends, quick, &out)?,
+        } => bench::run(&backends, quick, summarize_only, &out)?,
         Task::Check { from } => {
             let results = sweep::check_outputs(&from)?;
             println!(
