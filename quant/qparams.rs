@@ -181,12 +181,12 @@ mod tests {
     #[test]
     fn affine_matches_reference_formula() {
         let scheme = QuantScheme::affine(8).unwrap();
-        let (s, z) = host(-0.42421296, 2.82148671, scheme);
-        let expected_s = (2.82148671f32 + 0.42421296) / 255.0;
+        let (s, z) = host(-0.424_212_96, 2.821_486_7, scheme);
+        let expected_s = (2.821_486_7_f32 + 0.424_212_96) / 255.0;
         assert!((s - expected_s).abs() < 1e-7);
         assert_eq!(
             z,
-            (255.0f32 - 2.82148671 / expected_s).round_ties_even() as i32
+            (255.0f32 - 2.821_486_7 / expected_s).round_ties_even() as i32
         );
     }
 
