@@ -51,7 +51,12 @@ impl Tiny {
 
 fn main() -> Result<(), QuantError> {
     let device = default_device()?;
-    let model = Tiny::new(&QConfig::reference(8)?.with_quantize_bias(true), &device);
+    let model = Tiny::new(
+        &QConfig::reference(8)?
+            .with_quantize_bias(true)
+            .with_exact_eval(true),
+        &device,
+    );
 
     // Calibrate: observers record ranges during the fake-quantized forward.
     for _ in 0..10 {

@@ -58,8 +58,9 @@ struct Args {
     /// Float checkpoint: loaded if it exists, else written after training.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    /// Keep the bias in float in the fake-quantized model, as the reference does (by default it
-    /// is fake-quantized as the integer engine stores it, so that both agree exactly).
+    /// Keep the bias in float in the fake-quantized model and evaluate it with float rounding, as
+    /// the reference does (by default the bias is fake-quantized as the integer engine stores it
+    /// and evaluation is bit-exact, so that both agree exactly).
     #[arg(long)]
     float_bias: bool,
     /// Skip PTQ or QAT.
@@ -204,6 +205,7 @@ fn run<M: FloatModel>(args: &Args) {
         calib_batches: args.calib_batches,
         calib_seed: args.seed,
         quantize_bias: !args.float_bias,
+        exact_eval: !args.float_bias,
         ..PipelineConfig::reference()
     };
     println!(

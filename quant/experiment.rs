@@ -21,12 +21,16 @@ pub struct PipelineConfig {
     pub eval_batch_size: usize,
     /// Fake-quantize the bias as the integer engine stores it (see [`QConfig::quantize_bias`]).
     pub quantize_bias: bool,
+    /// Evaluate the fake-quantized model bit-exactly as the engine (with `quantize_bias`; see
+    /// [`QConfig::exact_eval`]).
+    pub exact_eval: bool,
 }
 
 impl PipelineConfig {
     /// The article's protocol: 200 calibration batches, QAT 2 epochs at lr 0.001; the bias is
-    /// fake-quantized so that the integer engine reproduces the fake-quantized model exactly
-    /// (this changes only the fake-quant accuracy; the integer engine always rounds the bias).
+    /// fake-quantized and evaluation is bit-exact, so that the integer engine reproduces the
+    /// fake-quantized model exactly (this changes only the fake-quant accuracy; the integer
+    /// engine always rounds the bias).
     pub fn reference() -> Self {
         Self {
             qat: TrainConfig::reference_qat(),
@@ -34,11 +38,14 @@ impl PipelineConfig {
             calib_seed: 1,
             eval_batch_size: 500,
             quantize_bias: true,
+            exact_eval: true,
         }
     }
 
     fn qconfig(&self, bits: u32) -> Result<QConfig, QuantError> {
-        Ok(QConfig::reference(bits)?.with_quantize_bias(self.quantize_bias))
+        Ok(QConfig::reference(bits)?
+            .with_quantize_bias(self.quantize_bias)
+            .with_exact_eval(self.exact_eval))
     }
 }
 

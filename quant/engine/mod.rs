@@ -6,12 +6,14 @@
 //! uses only Burn tensor ops, so it runs on every backend.
 
 mod conv;
+mod exact_float;
 mod fixed_point;
 mod linear;
 mod pool;
 mod requantizer;
 
 pub use conv::IntConv2d;
+pub use exact_float::exact_products;
 pub use fixed_point::{FixedPointMultiplier, requantize, requantize_uniform};
 pub use linear::IntLinear;
 pub use pool::{int_max_pool2d, int_relu};

@@ -21,7 +21,11 @@ pub struct LayerObservers {
     /// Output observer.
     pub output: MinMaxObserver,
     #[module(skip)]
-    quantize_bias: bool,
+    pub(crate) quantize_bias: bool,
+    #[module(skip)]
+    pub(crate) exact_eval: bool,
+    #[module(skip)]
+    pub(crate) weight_axis: usize,
     #[module(skip)]
     ste: Ste,
 }
@@ -55,6 +59,8 @@ impl LayerObservers {
             weight: qconfig.weight_observer(channels, weight_axis, device),
             output: qconfig.activation_observer(device),
             quantize_bias: qconfig.quantize_bias,
+            exact_eval: qconfig.exact_eval,
+            weight_axis,
             ste: qconfig.ste,
         }
     }

@@ -1,6 +1,7 @@
 //! Quantized layers: ordinary Burn modules with a float forward, a fake-quantized forward
 //! (observers update, STE on input, weight and output) and a conversion to integer layers.
 
+mod exact_eval;
 pub(crate) mod layer_observers;
 mod qconfig;
 mod qconv2d;

@@ -25,6 +25,11 @@ pub struct QConfig {
     /// Fake-quantize the bias on the int32 grid of scale `Si·Sw`, exactly as the integer engine
     /// stores it (the reference keeps the bias in float in the fake-quantized forward).
     pub quantize_bias: bool,
+    /// Evaluate the fake-quantized forward bit-exactly as the integer engine (needs
+    /// `quantize_bias`; applies without autodiff once the observers are frozen): each layer's
+    /// output grid comes from the exact integer accumulator and the engine's fixed-point
+    /// requantization instead of a float rounding of `y / So`.
+    pub exact_eval: bool,
 }
 
 impl QConfig {
@@ -38,6 +43,7 @@ impl QConfig {
             ema_momentum: None,
             ste: Ste::Identity,
             quantize_bias: false,
+            exact_eval: false,
         })
     }
 
@@ -47,6 +53,11 @@ impl QConfig {
             quantize_bias,
             ..self
         }
+    }
+
+    /// Sets whether evaluation is bit-exact with the integer engine.
+    pub fn with_exact_eval(self, exact_eval: bool) -> Self {
+        Self { exact_eval, ..self }
     }
 
     /// Sets the observers' EMA momentum.

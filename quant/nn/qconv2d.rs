@@ -37,11 +37,8 @@ impl QConv2d {
     pub fn forward_fq(&self, x: Quantized<4>) -> Quantized<4> {
         let (x, input) = self.observers.quantize_input(x);
         let bias = self.conv.bias.as_ref().map(|b| b.val());
-        let (weight, bias) =
-            self.observers
-                .quantize_parameters(self.conv.weight.val(), bias, &input);
-        let y = conv2d(x, weight, bias, conv_options(&self.conv));
-        self.observers.quantize_output(y)
+        let weight = self.conv.weight.val();
+        conv_output(&self.conv, &self.observers, x, &input, weight, bias, false)
     }
 
     /// The integer layer, given the grid of its input (ignored when it observes its own).
@@ -62,6 +59,33 @@ pub(crate) fn conv_options(conv: &Conv2d) -> ConvOptions<2> {
         padding(&conv.padding),
         conv.dilation,
         conv.groups,
+    )
+}
+
+/// The fake-quantized output of `conv`'s geometry with `weight` and `bias`, for `x` on the
+/// grid `input` (see [`LayerObservers::layer_output`]).
+pub(crate) fn conv_output(
+    conv: &Conv2d,
+    observers: &LayerObservers,
+    x: Tensor<4>,
+    input: &QParams,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    relu_after: bool,
+) -> Quantized<4> {
+    let options = conv_options(conv);
+    let [_, depth, kh, kw] = weight.dims();
+    let accumulate = |x, w| conv2d(x, w, None, options.clone());
+    let float = |x, w, b| conv2d(x, w, b, options.clone());
+    observers.layer_output(
+        x,
+        input,
+        weight,
+        bias,
+        depth * kh * kw,
+        relu_after,
+        accumulate,
+        float,
     )
 }
 

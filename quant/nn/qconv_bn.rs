@@ -3,9 +3,9 @@
 use burn::module::Module;
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{Tensor, activation::relu, module::conv2d};
+use burn::tensor::{Tensor, activation::relu};
 
-use super::qconv2d::conv_options;
+use super::qconv2d::conv_output;
 use super::{LayerObservers, QConfig, Quantized};
 use crate::QParams;
 use crate::QuantError;
@@ -134,12 +134,15 @@ impl QConvBn {
         } else {
             self.fold_running()
         };
-        let (weight, bias) = self
-            .observers
-            .quantize_parameters(weight, Some(bias), &input);
-        let y = conv2d(x, weight, bias, conv_options(&self.conv));
-        self.observers
-            .quantize_output(if self.relu { relu(y) } else { y })
+        conv_output(
+            &self.conv,
+            &self.observers,
+            x,
+            &input,
+            weight,
+            Some(bias),
+            self.relu,
+        )
     }
 
     /// The integer convolution with the weights folded with the running statistics.

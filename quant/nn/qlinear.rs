@@ -36,10 +36,18 @@ impl QLinear {
     pub fn forward_fq(&self, x: Quantized<2>) -> Quantized<2> {
         let (x, input) = self.observers.quantize_input(x);
         let bias = self.linear.bias.as_ref().map(|b| b.val());
-        let (weight, bias) =
-            self.observers
-                .quantize_parameters(self.linear.weight.val(), bias, &input);
-        self.observers.quantize_output(linear(x, weight, bias))
+        let weight = self.linear.weight.val();
+        let fan_in = weight.dims()[0];
+        self.observers.layer_output(
+            x,
+            &input,
+            weight,
+            bias,
+            fan_in,
+            false,
+            |x, w| x.matmul(w),
+            linear,
+        )
     }
 
     /// The integer layer, given the grid of its input (ignored when it observes its own).
