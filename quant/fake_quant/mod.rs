@@ -2,8 +2,9 @@
 //! straight-through-estimator (STE) backward pass.
 //!
 //! Layers:
-//! - [`FakeQuantBackend`]: the backend extension trait. The CPU backends use the default body
-//!   (a few elementwise backend ops); the CubeCL backend runs one fused kernel (`cube.rs`);
+//! - [`FakeQuantBackend`]: the backend extension trait. Flex runs one fused pass over its
+//!   storage (`flex.rs`), NdArray the default body (a few elementwise backend ops), the CubeCL
+//!   backend one fused kernel (`cube.rs`);
 //!   `Autodiff<B, C>` wraps the inner backend's forward and registers its own `Backward`
 //!   (`autodiff.rs`), so `round` never kills the gradient.
 //! - [`fake_quant`]: the `Tensor<D>` function that module code calls.
@@ -14,6 +15,8 @@
 mod autodiff;
 #[cfg(feature = "wgpu")]
 mod cube;
+#[cfg(feature = "flex")]
+mod flex;
 
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor};
 use burn::tensor::{Shape, Tensor};
@@ -47,20 +50,30 @@ pub trait FakeQuantBackend: Backend {
         clipped_ste: bool,
     ) -> FloatTensor<Self> {
         let _ = clipped_ste;
-        let rank = x.shape().num_dims();
-        let scale = broadcast_channels::<Self>(scale, rank, axis);
-        let zero_point = broadcast_channels::<Self>(zero_point, rank, axis);
-        let q = Self::float_add(
-            Self::float_round(Self::float_div(x, scale.clone())),
-            zero_point.clone(),
-        );
-        let q = Self::float_clamp(q, (qmin as f32).into(), (qmax as f32).into());
-        Self::float_mul(Self::float_sub(q, zero_point), scale)
+        fake_quant_ops::<Self>(x, scale, zero_point, axis, qmin, qmax)
     }
 }
 
-#[cfg(feature = "flex")]
-impl FakeQuantBackend for burn::backend::Flex {}
+/// The fake-quant forward composed of backend ops (the default body of
+/// [`FakeQuantBackend::fake_quant`], and the fallback of fused implementations).
+pub(crate) fn fake_quant_ops<B: Backend>(
+    x: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    zero_point: FloatTensor<B>,
+    axis: usize,
+    qmin: i32,
+    qmax: i32,
+) -> FloatTensor<B> {
+    let rank = x.shape().num_dims();
+    let scale = broadcast_channels::<B>(scale, rank, axis);
+    let zero_point = broadcast_channels::<B>(zero_point, rank, axis);
+    let q = B::float_add(
+        B::float_round(B::float_div(x, scale.clone())),
+        zero_point.clone(),
+    );
+    let q = B::float_clamp(q, (qmin as f32).into(), (qmax as f32).into());
+    B::float_mul(B::float_sub(q, zero_point), scale)
+}
 
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)]
