@@ -3,6 +3,8 @@
 
 mod dataset;
 mod device;
+#[cfg(feature = "download")]
+pub mod download;
 pub mod engine;
 mod error;
 pub mod experiment;
@@ -13,6 +15,7 @@ pub mod nn;
 mod observer;
 mod qparams;
 mod scheme;
+mod simd;
 pub mod train;
 
 pub use dataset::{Dataset, SplitMix64};

@@ -3,7 +3,8 @@
 //! The directory comes from a flag (programs pass it to [`Mnist::load`]), else from the
 //! `BURN_QUANT_MNIST_DIR` environment variable, else from Burn's dataset cache
 //! (`$XDG_CACHE_HOME/burn-dataset/mnist` or `~/.cache/burn-dataset/mnist`), where Burn's
-//! `MnistDataset` downloader stores the files.
+//! `MnistDataset` downloader stores the files. With the `download` feature, missing files are
+//! fetched into that cache with Burn's downloader (`crate::download`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -28,11 +29,24 @@ pub enum DataError {
         "MNIST not found: pass --data-dir DIR or set {MNIST_DIR_ENV}=DIR to a directory holding the \
          four IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], \
          t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]); the download cache {cache} \
-         has no copy and it cannot be downloaded here"
+         has no copy (build with `--features download` to fetch it there)"
     )]
     NotFound {
         /// The cache directory that was searched.
         cache: String,
+    },
+    /// Downloading into the cache failed (feature `download`).
+    #[error(
+        "MNIST could not be downloaded from {url} into {cache}: {reason}; without network, pass \
+         --data-dir DIR or set {MNIST_DIR_ENV}=DIR to a directory holding the four IDX files"
+    )]
+    Download {
+        /// The file's address.
+        url: String,
+        /// The cache directory.
+        cache: String,
+        /// What went wrong.
+        reason: String,
     },
     /// A file is missing from the given directory.
     #[error("MNIST file {name} (or {name}.gz) not found in {dir}")]
@@ -123,7 +137,8 @@ impl Mnist {
     }
 }
 
-/// The directory MNIST is read from: the flag, the variable, or the cache when it holds a copy.
+/// The directory MNIST is read from: the flag, the variable, or the cache when it holds a copy
+/// (with the `download` feature, after fetching the missing files into it).
 pub fn resolve_dir(flag: Option<&Path>) -> Result<PathBuf, DataError> {
     if let Some(dir) = flag {
         return Ok(dir.to_path_buf());
@@ -132,6 +147,8 @@ pub fn resolve_dir(flag: Option<&Path>) -> Result<PathBuf, DataError> {
         return Ok(PathBuf::from(dir));
     }
     let cache = cache_dir();
+    #[cfg(feature = "download")]
+    crate::download::download_mnist(&cache, crate::download::MNIST_URL)?;
     if find_file(&cache, "train-images-idx3-ubyte").is_some() {
         return Ok(cache);
     }

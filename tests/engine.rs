@@ -112,6 +112,50 @@ fn int_conv_accumulates_exactly() {
     }
 }
 
+/// Both routes of the integer convolution (the CPU backends' direct one and the tensor-op one)
+/// give the same integers, per tensor and per channel, grouped or not.
+#[test]
+fn int_conv_routes_agree() {
+    let device = device();
+    let mut rng = SplitMix64::new(3);
+    for (c_in, c_out, groups, per_channel) in
+        [(1, 4, 1, false), (6, 4, 2, true), (40, 40, 20, true)]
+    {
+        let x = Tensor::<4>::random([3, c_in, 9, 8], Distribution::Uniform(0.0, 16.0), &device)
+            .floor()
+            .int();
+        let w = Tensor::<4>::random(
+            [groups, c_out / groups, (c_in / groups) * 9],
+            Distribution::Uniform(-8.0, 8.0),
+            &device,
+        );
+        let weight_scales: Vec<f32> = (0..if per_channel { c_out } else { 1 })
+            .map(|_| 0.01 + (rng.next_u64() % 1000) as f32 * 1e-4)
+            .collect();
+        let qp = QParams::from_bounds(0.0, 1.0, QuantScheme::affine(4).unwrap(), &device).unwrap();
+        let conv = IntConv2d {
+            weight: w
+                .floor()
+                .int()
+                .reshape([groups, c_out / groups, (c_in / groups) * 9]),
+            bias: Tensor::<1>::random([c_out], Distribution::Uniform(-300.0, 300.0), &device)
+                .floor()
+                .int(),
+            input_zero_point: 3,
+            kernel_size: [3, 3],
+            requantizer: Requantizer::new(0.5, &weight_scales, 0.4, 6, (0, 15), &device),
+            output: qp,
+        };
+        let direct = ints(conv.forward(x.clone()));
+        let ops = ints(conv.forward_with_tensor_ops(x));
+        assert_eq!(direct, ops, "c_in {c_in}, groups {groups}");
+        assert!(
+            direct.iter().any(|&v| v != direct[0]),
+            "a constant output tests nothing"
+        );
+    }
+}
+
 #[test]
 fn int_max_pool_floors_odd_sizes() {
     let device = device();

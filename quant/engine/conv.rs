@@ -3,6 +3,7 @@
 use burn::tensor::{Int, Tensor};
 
 use super::Requantizer;
+use super::host_conv::{conv_requantize, is_host_device};
 use crate::QParams;
 
 /// A frozen convolution on the integer grid (stride 1, no padding, no dilation; grouped allowed).
@@ -67,8 +68,19 @@ impl IntConv2d {
         acc + self.bias.clone().reshape([1, groups * out_per_group, 1, 1])
     }
 
-    /// Convolution followed by requantization to the output grid.
+    /// Convolution followed by requantization to the output grid: on the CPU backends a
+    /// direct convolution with fused requantization on the host, elsewhere
+    /// [`IntConv2d::forward_with_tensor_ops`]. Both give the same integers.
     pub fn forward(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
+        if is_host_device(&q.device()) {
+            conv_requantize(self, q)
+        } else {
+            self.forward_with_tensor_ops(q)
+        }
+    }
+
+    /// Convolution and requantization composed of Burn tensor ops (runs on every backend).
+    pub fn forward_with_tensor_ops(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
         self.requantizer.apply(self.accumulate(q), 1)
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! A frozen layer holds integer weights `q_w - Z_w`, an int32 bias with scale `Si·Sw` and zero
 //! point 0, and a [`Requantizer`] holding `M = Si·Sw/So` as a fixed-point `m0 · 2^-31 · 2^-n`.
-//! Accumulation is exact in i32 (im2col by integer slicing, then an integer matmul). The engine
-//! uses only Burn tensor ops, so it runs on every backend.
+//! Accumulation is exact in i32. With Burn tensor ops (every backend): im2col by integer
+//! slicing, then an integer matmul, then the requantization. On the CPU backends convolutions
+//! run as a direct i32 convolution with the requantization fused, on the host memory the
+//! tensors already live in (`host_conv.rs`); both routes give the same integers.
 
 mod conv;
 mod exact_float;
 mod fixed_point;
+mod host_conv;
 mod linear;
 mod pool;
 mod requantizer;

@@ -7,6 +7,7 @@ use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 
 use super::{FakeQuantBackend, fake_quant_ops};
+use crate::simd::with_avx2;
 
 /// `1.5 · 2^23`: adding and subtracting it rounds an f32 of magnitude below `2^22` (grids lie
 /// within ±2^17) to an integer, half to even (IEEE round-to-nearest), and vectorizes, unlike a
@@ -41,7 +42,9 @@ impl FakeQuantBackend for Flex {
             data[range]
                 .par_chunks_mut(block)
                 .enumerate()
-                .for_each(|(b, chunk)| chunk.iter_mut().for_each(|v| *v = value(b, *v)));
+                .for_each(|(b, chunk)| {
+                    with_avx2(|| chunk.iter_mut().for_each(|v| *v = value(b, *v)))
+                });
             return out;
         }
         let src = &out.storage::<f32>()[range];
@@ -49,7 +52,9 @@ impl FakeQuantBackend for Flex {
         dst.par_chunks_mut(block)
             .zip(src.par_chunks(block))
             .enumerate()
-            .for_each(|(b, (d, s))| d.iter_mut().zip(s).for_each(|(d, &v)| *d = value(b, v)));
+            .for_each(|(b, (d, s))| {
+                with_avx2(|| d.iter_mut().zip(s).for_each(|(d, &v)| *d = value(b, v)))
+            });
         let data = TensorData::new(dst, out.shape());
         Flex::float_from_data(data, &Default::default())
     }
