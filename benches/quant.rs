@@ -16,6 +16,11 @@ use burn_quant::{
 };
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
+/// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
+/// docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn backends() -> Vec<BackendKind> {
     match std::env::var("BURN_QUANT_BENCH_BACKENDS") {
         Ok(list) => list

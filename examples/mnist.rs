@@ -19,6 +19,11 @@ use burn_quant::train::{Progress, TrainConfig};
 use burn_quant::{Dataset, default_backend};
 use clap::Parser;
 
+/// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
+/// docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(about = "MNIST: float training, PTQ and QAT at several bit widths")]
 struct Args {

@@ -4,6 +4,11 @@
 use burn::tensor::{Device, Tensor};
 use burn_quant::default_device;
 
+/// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
+/// docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The device the suite runs on (`BURN_QUANT_DEVICE`, default: the first enabled backend).
 pub fn device() -> Device {
     default_device().expect("BURN_QUANT_DEVICE names an enabled backend")
