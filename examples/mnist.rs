@@ -68,6 +68,9 @@ struct Args {
     /// and evaluation is bit-exact, so that both agree exactly).
     #[arg(long)]
     float_bias: bool,
+    /// EMA momentum of the observers (default: the reference's running min/max).
+    #[arg(long, value_parser = parse_momentum)]
+    ema_momentum: Option<f64>,
     /// Skip PTQ or QAT.
     #[arg(long, value_parser = ["ptq", "qat"])]
     only: Option<String>,
@@ -77,6 +80,16 @@ struct Args {
     /// Print machine-readable `RESULT {json}` lines.
     #[arg(long)]
     json: bool,
+}
+
+/// An EMA momentum: the weight of each new batch, in (0, 1].
+fn parse_momentum(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(m) if m > 0.0 && m <= 1.0 => Ok(m),
+        _ => Err(format!(
+            "EMA momentum must be a number in (0, 1], got `{s}`"
+        )),
+    }
 }
 
 /// A list of bit widths.
@@ -211,6 +224,7 @@ fn run<M: FloatModel>(args: &Args) {
         calib_seed: args.seed,
         quantize_bias: !args.float_bias,
         exact_eval: !args.float_bias,
+        ema_momentum: args.ema_momentum,
         ..PipelineConfig::reference()
     };
     println!(

@@ -24,6 +24,9 @@ pub struct PipelineConfig {
     /// Evaluate the fake-quantized model bit-exactly as the engine (with `quantize_bias`; see
     /// [`QConfig::exact_eval`]).
     pub exact_eval: bool,
+    /// EMA momentum of the observers (`None`: the reference's running min/max, which only
+    /// grows; see [`QConfig::ema_momentum`]).
+    pub ema_momentum: Option<f64>,
 }
 
 impl PipelineConfig {
@@ -39,13 +42,15 @@ impl PipelineConfig {
             eval_batch_size: 500,
             quantize_bias: true,
             exact_eval: true,
+            ema_momentum: None,
         }
     }
 
     fn qconfig(&self, bits: u32) -> Result<QConfig, QuantError> {
         Ok(QConfig::reference(bits)?
             .with_quantize_bias(self.quantize_bias)
-            .with_exact_eval(self.exact_eval))
+            .with_exact_eval(self.exact_eval)
+            .with_ema_momentum(self.ema_momentum))
     }
 }
 

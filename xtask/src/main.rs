@@ -105,6 +105,19 @@ struct SweepArgs {
     /// Keep the bias in float in the fake-quantized model (the reference's choice).
     #[arg(long)]
     float_bias: bool,
+    /// EMA momentum of the observers, e.g. 0.01 [the seed's running min/max].
+    #[arg(long, value_parser = parse_momentum)]
+    ema_momentum: Option<f64>,
+}
+
+/// An EMA momentum: the weight of each new batch, in (0, 1].
+fn parse_momentum(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(m) if m > 0.0 && m <= 1.0 => Ok(m),
+        _ => Err(format!(
+            "EMA momentum must be a number in (0, 1], got `{s}`"
+        )),
+    }
 }
 
 /// A list of bit widths.
@@ -150,6 +163,7 @@ impl SweepArgs {
             train_limit: quick.then_some(12_800),
             test_limit: quick.then_some(2_000),
             float_bias: self.float_bias,
+            ema_momentum: self.ema_momentum,
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct SweepConfig {
     pub test_limit: Option<usize>,
     /// Bias kept in float in the fake-quantized model.
     pub float_bias: bool,
+    /// EMA momentum of the observers (`None`: the seed's running min/max).
+    #[serde(default)]
+    pub ema_momentum: Option<f64>,
 }
 
 impl SweepConfig {
@@ -334,6 +337,7 @@ pub(crate) mod tests {
             train_limit: Some(1000),
             test_limit: None,
             float_bias: false,
+            ema_momentum: None,
         }
     }
 
@@ -354,7 +358,20 @@ pub(crate) mod tests {
             seed: 2,
             ..config()
         };
-        assert!(Results::resume(Some(previous), &other, false).is_none());
+        assert!(Results::resume(Some(previous.clone()), &other, false).is_none());
+        let ema = SweepConfig {
+            ema_momentum: Some(0.01),
+            ..config()
+        };
+        assert!(Results::resume(Some(previous), &ema, false).is_none());
+    }
+
+    #[test]
+    fn configs_written_before_the_ema_option_still_parse() {
+        let mut json = serde_json::to_value(config()).unwrap();
+        json.as_object_mut().unwrap().remove("ema_momentum");
+        let parsed: SweepConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(parsed, config());
     }
 
     #[test]

@@ -119,6 +119,7 @@ impl Sweep {
         if modes.len() == 1 {
             push("--only", Some(modes[0].name().into()));
         }
+        push("--ema-momentum", c.ema_momentum.map(|m| m.to_string()));
         if c.float_bias {
             args.push("--float-bias".into());
         }
