@@ -24,7 +24,7 @@ enum Task {
     /// Train the reference MNIST CNN, run PTQ and QAT at every bit width, write the results
     /// (JSON, CSV, Markdown) and plots (SVG, PNG). Resumes a previous run with the same
     /// configuration.
-    Sweep(SweepArgs),
+    Sweep(Box<SweepArgs>),
     /// Redraw the plots of a results.json.
     Plot {
         /// The results.json to draw.
