@@ -25,8 +25,12 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
+    let observers = match results.config.ema_momentum {
+        Some(m) => format!(", EMA {m} observers"),
+        None => String::new(),
+    };
     let title = format!(
-        "{} on MNIST: integer-engine accuracy vs bits ({})",
+        "{} on MNIST: integer-engine accuracy vs bits ({}{observers})",
         results.model, results.backend
     );
     let mut chart = ChartBuilder::on(&root)
