@@ -58,8 +58,12 @@ impl FixedPointMultiplier {
         let (left, right) = (self.shift.min(0).unsigned_abs(), self.shift.max(0) as u32);
         let x = ((x as i64) << left).clamp(-(i32::MAX as i64), i32::MAX as i64);
         let total = 31 + right;
-        let product = x.unsigned_abs() as u128 * self.m0 as u128;
-        let magnitude = (product + (1u128 << (total - 1))) >> total;
+        if total > 63 {
+            // The product has at most 62 bits (|x| < 2^31, m0 < 2^31): below half of 2^total.
+            return 0;
+        }
+        let product = x.unsigned_abs() * self.m0 as u64;
+        let magnitude = (product + (1u64 << (total - 1))) >> total;
         (magnitude as i64 * x.signum()) as i32
     }
 }
@@ -218,6 +222,29 @@ mod tests {
                     assert_eq!(got.abs(), exact.abs().ceil(), "ties away from zero");
                 }
             }
+        }
+    }
+
+    /// `apply` (u64 arithmetic) against the same rounding in u128, for any i32 and shift.
+    #[test]
+    fn apply_equals_the_wide_reference() {
+        let reference = |m: FixedPointMultiplier, x: i32| -> i32 {
+            let (left, right) = (m.shift.min(0).unsigned_abs(), m.shift.max(0) as u32);
+            let x = ((x as i64) << left).clamp(-(i32::MAX as i64), i32::MAX as i64);
+            let total = 31 + right;
+            let product = x.unsigned_abs() as u128 * m.m0 as u128;
+            let magnitude = (product + (1u128 << (total - 1))) >> total;
+            (magnitude as i64 * x.signum()) as i32
+        };
+        let mut rng = crate::SplitMix64::new(7);
+        let mut m = 1e-12f64;
+        while m < 2.0 {
+            let f = FixedPointMultiplier::from_real(m);
+            for _ in 0..200 {
+                let x = (rng.next_u64() as i64 >> (rng.next_u64() % 40)) as i32;
+                assert_eq!(f.apply(x), reference(f, x), "m {m}, x {x}");
+            }
+            m *= 1.37;
         }
     }
 

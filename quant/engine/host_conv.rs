@@ -5,7 +5,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::{FixedPointMultiplier, IntConv2d};
+use super::IntConv2d;
 use crate::BackendKind;
 use crate::simd::with_avx2;
 
@@ -64,7 +64,7 @@ pub(crate) fn conv_requantize(conv: &IntConv2d, q: Tensor<4, Int>) -> Tensor<4, 
                 }
                 let m = r.multipliers[if r.multipliers.len() > 1 { o } else { 0 }];
                 for v in plane.iter_mut() {
-                    *v = (apply_u64(m, *v) + r.output_zero_point).clamp(r.qmin, r.qmax);
+                    *v = (m.apply(*v) + r.output_zero_point).clamp(r.qmin, r.qmax);
                 }
             })
         });
@@ -87,39 +87,6 @@ fn accumulate_tap(
         let dst = &mut plane[oh * wo..][..wo];
         for (d, &s) in dst.iter_mut().zip(src) {
             *d += wv * s;
-        }
-    }
-}
-
-/// [`FixedPointMultiplier::apply`] in u64 arithmetic (exact while the shift is at most 32).
-#[inline(always)]
-fn apply_u64(m: FixedPointMultiplier, x: i32) -> i32 {
-    let right = m.shift.max(0) as u32;
-    if m.shift < 0 || right > 32 {
-        return m.apply(x);
-    }
-    let x = x.max(-i32::MAX);
-    let total = 31 + right;
-    let magnitude = (x.unsigned_abs() as u64 * m.m0 as u64 + (1u64 << (total - 1))) >> total;
-    magnitude as i32 * x.signum()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::SplitMix64;
-
-    #[test]
-    fn apply_u64_equals_the_exact_scalar_apply() {
-        let mut rng = SplitMix64::new(7);
-        let mut m = 1e-7f64;
-        while m < 2.0 {
-            let f = FixedPointMultiplier::from_real(m);
-            for _ in 0..200 {
-                let x = (rng.next_u64() as i64 >> (rng.next_u64() % 40)) as i32;
-                assert_eq!(apply_u64(f, x), f.apply(x), "m {m}, x {x}");
-            }
-            m *= 1.37;
         }
     }
 }

@@ -67,11 +67,9 @@ impl LayerObservers {
         relu_after: bool,
         accumulate: &impl Fn(Tensor<D>, Tensor<DW>) -> Tensor<D>,
     ) -> Option<Quantized<D>> {
-        let out_channels = weight.dims()[self.weight_axis];
-        let bias = bias
-            .clone()
-            .unwrap_or_else(|| Tensor::zeros([out_channels], &weight.device()));
-        let frozen = self.freeze_weights(weight.clone(), bias, input).ok()?;
+        let frozen = self
+            .freeze_weights(weight.clone(), bias.clone(), input)
+            .ok()?;
         let span = |s: QuantScheme| (s.qmax() - s.qmin()) as u64;
         let grid = quantize(x.clone(), input) - frozen.input_zero_point;
         let acc = exact_products(
@@ -83,7 +81,7 @@ impl LayerObservers {
             accumulate,
         )?;
         let mut bias_shape = [1usize; D];
-        bias_shape[1] = out_channels;
+        bias_shape[1] = frozen.bias.dims()[0];
         let acc = acc + frozen.bias.reshape(bias_shape);
         let mut q = frozen.requantizer.apply(acc, 1);
         if relu_after {

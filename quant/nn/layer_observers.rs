@@ -115,14 +115,17 @@ impl LayerObservers {
         }
     }
 
-    /// Integer weights, bias and requantizer (pass a zero bias for a layer without one).
+    /// Integer weights, bias (`None`: a layer without one, frozen as a zero bias) and
+    /// requantizer.
     pub fn freeze_weights<const D: usize>(
         &self,
         weight: Tensor<D>,
-        bias: Tensor<1>,
+        bias: Option<Tensor<1>>,
         input: &QParams,
     ) -> Result<FrozenWeights<D>, QuantError> {
         let device = weight.device();
+        let bias =
+            bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[self.weight_axis]], &device));
         let weight_qparams = self.weight.checked_qparams()?;
         let output = self.output.checked_qparams()?;
         let (si, zi) = host_scalar(input);

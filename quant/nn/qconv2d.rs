@@ -43,12 +43,14 @@ impl QConv2d {
 
     /// The integer layer, given the grid of its input (ignored when it observes its own).
     pub fn to_integer(&self, previous: Option<&QParams>) -> Result<IntConv2d, QuantError> {
-        let weight = self.conv.weight.val();
-        let bias = match &self.conv.bias {
-            Some(b) => b.val(),
-            None => Tensor::zeros([weight.dims()[0]], &weight.device()),
-        };
-        int_conv(&self.conv, &self.observers, weight, bias, previous)
+        let bias = self.conv.bias.as_ref().map(|b| b.val());
+        int_conv(
+            &self.conv,
+            &self.observers,
+            self.conv.weight.val(),
+            bias,
+            previous,
+        )
     }
 }
 
@@ -89,12 +91,13 @@ pub(crate) fn conv_output(
     )
 }
 
-/// Freezes `weight` and `bias` (of `conv`'s geometry) into an integer convolution.
+/// Freezes `weight` and `bias` (of `conv`'s geometry; `None`: no bias) into an integer
+/// convolution.
 pub(crate) fn int_conv(
     conv: &Conv2d,
     observers: &LayerObservers,
     weight: Tensor<4>,
-    bias: Tensor<1>,
+    bias: Option<Tensor<1>>,
     previous: Option<&QParams>,
 ) -> Result<IntConv2d, QuantError> {
     assert!(

@@ -148,6 +148,6 @@ impl QConvBn {
     /// The integer convolution with the weights folded with the running statistics.
     pub fn to_integer(&self, previous: Option<&QParams>) -> Result<IntConv2d, QuantError> {
         let (weight, bias) = self.fold_running();
-        super::qconv2d::int_conv(&self.conv, &self.observers, weight, bias, previous)
+        super::qconv2d::int_conv(&self.conv, &self.observers, weight, Some(bias), previous)
     }
 }

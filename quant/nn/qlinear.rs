@@ -53,13 +53,10 @@ impl QLinear {
     /// The integer layer, given the grid of its input (ignored when it observes its own).
     pub fn to_integer(&self, previous: Option<&QParams>) -> Result<IntLinear, QuantError> {
         let input = self.observers.input_qparams(previous)?;
-        let weight = self.linear.weight.val();
-        let out = weight.dims()[1];
-        let bias = match &self.linear.bias {
-            Some(b) => b.val(),
-            None => Tensor::zeros([out], &weight.device()),
-        };
-        let frozen = self.observers.freeze_weights(weight, bias, &input)?;
+        let bias = self.linear.bias.as_ref().map(|b| b.val());
+        let frozen = self
+            .observers
+            .freeze_weights(self.linear.weight.val(), bias, &input)?;
         Ok(IntLinear {
             weight: frozen.weight,
             bias: frozen.bias,
