@@ -34,6 +34,23 @@ pub enum QuantError {
     /// An observer was asked for parameters before it saw any data.
     #[error("observer has not seen any data: calibrate it before freezing")]
     NotCalibrated,
+    /// An observer of a model never saw data.
+    #[error(
+        "observer `{path}` has not seen any data: run calibration batches through the model in fake-quant mode before freezing"
+    )]
+    UncalibratedObserver {
+        /// The observer's module path, e.g. `conv1.observers.output`.
+        path: String,
+    },
+    /// A record (saved module) does not fit the module it is loaded into.
+    #[error("the record does not fit the model: {reason}")]
+    IncompatibleRecord {
+        /// What Burn's loader reported.
+        reason: String,
+    },
+    /// A module has no tensors, hence no device.
+    #[error("the module holds no tensors and so has no device")]
+    NoDevice,
     /// The per-channel axis does not exist in the tensor.
     #[error("per-channel axis {axis} is out of bounds for a tensor of rank {rank}")]
     AxisOutOfBounds {

@@ -3,13 +3,13 @@
 use burn::module::{Flag, Module, ModuleMapper, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 
-use crate::{Granularity, QParams, QuantError, QuantScheme, Ste, fake_quant};
+use crate::{Granularity, QParams, QScheme, QuantError, Ste, fake_quant};
 
 /// Configuration of a [`MinMaxObserver`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MinMaxObserverConfig {
     /// The scheme of the parameters the observer produces.
-    pub scheme: QuantScheme,
+    pub scheme: QScheme,
     /// Number of channels for a per-channel scheme (1 per tensor).
     pub channels: usize,
     /// `None`: running min/max that only grows (the reference). `Some(m)`: EMA with weight `m`
@@ -21,7 +21,7 @@ pub struct MinMaxObserverConfig {
 
 impl MinMaxObserverConfig {
     /// A per-tensor running min/max observer with the identity STE.
-    pub fn new(scheme: QuantScheme) -> Self {
+    pub fn new(scheme: QScheme) -> Self {
         Self {
             scheme,
             channels: 1,
@@ -90,7 +90,7 @@ pub struct MinMaxObserver {
     /// Whether `fake_quant` updates the range.
     pub observing: Param<Flag>,
     #[module(skip)]
-    scheme: QuantScheme,
+    scheme: QScheme,
     #[module(skip)]
     ema_momentum: Option<f64>,
     #[module(skip)]
@@ -99,7 +99,7 @@ pub struct MinMaxObserver {
 
 impl MinMaxObserver {
     /// The scheme of the parameters produced.
-    pub fn scheme(&self) -> QuantScheme {
+    pub fn scheme(&self) -> QScheme {
         self.scheme
     }
 
@@ -206,8 +206,8 @@ pub(crate) fn commit(state: &RunningState<Tensor<1>>, value: Tensor<1>) {
 /// Switches observing on or off in every [`MinMaxObserver`] of a module tree.
 ///
 /// ```
-/// use burn_quant::{MinMaxObserverConfig, QuantScheme, default_device, set_observing};
-/// let observer = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap())
+/// use burn_quant::{MinMaxObserverConfig, QScheme, default_device, set_observing};
+/// let observer = MinMaxObserverConfig::new(QScheme::affine(8).unwrap())
 ///     .init(&default_device().unwrap());
 /// let observer = set_observing(observer, false);
 /// assert!(!observer.is_observing());

@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::{Granularity, QuantError, QuantMode, QuantScheme};
+use crate::{Granularity, QMode, QScheme, QuantError};
 
 /// Quantization parameters: one scale and zero point per tensor or per channel.
 ///
@@ -24,7 +24,7 @@ pub struct QParams {
     /// Zero point `Z` (integer-valued floats), same shape as `scale`.
     pub zero_point: Tensor<1>,
     /// The scheme these parameters belong to.
-    pub scheme: QuantScheme,
+    pub scheme: QScheme,
 }
 
 impl QParams {
@@ -32,19 +32,19 @@ impl QParams {
     ///
     /// The bounds should be finite: observers guarantee it. Use [`QParams::from_bounds`] for
     /// checked host values.
-    pub fn from_range(min: Tensor<1>, max: Tensor<1>, scheme: QuantScheme) -> Self {
+    pub fn from_range(min: Tensor<1>, max: Tensor<1>, scheme: QScheme) -> Self {
         let (qmin, qmax) = (scheme.qmin() as f32, scheme.qmax() as f32);
         let min = min.clamp_max(0.0);
         let max = max.clamp_min(0.0);
         let (scale, zero_point) = match scheme.mode() {
-            QuantMode::Affine => {
+            QMode::Affine => {
                 let scale = nonzero_scale((max.clone() - min) / (qmax - qmin));
                 let zero_point = (max.div(scale.clone()).neg() + qmax)
                     .round()
                     .clamp(qmin, qmax);
                 (scale, zero_point)
             }
-            QuantMode::Symmetric => {
+            QMode::Symmetric => {
                 let amax = min.abs().max_pair(max);
                 let scale = nonzero_scale(amax / ((qmax - qmin) / 2.0));
                 let zero_point = scale.zeros_like() + scheme.symmetric_zero_point() as f32;
@@ -61,9 +61,9 @@ impl QParams {
     /// Per-tensor parameters from host bounds; fails on NaN/inf or `min > max`.
     ///
     /// ```
-    /// use burn_quant::{QParams, QuantScheme, default_device};
+    /// use burn_quant::{QParams, QScheme, default_device};
     /// let device = default_device().unwrap();
-    /// let qp = QParams::from_bounds(-1.0, 3.0, QuantScheme::affine(8).unwrap(), &device).unwrap();
+    /// let qp = QParams::from_bounds(-1.0, 3.0, QScheme::affine(8).unwrap(), &device).unwrap();
     /// let (scale, zero_point) = qp.to_host();
     /// assert!((scale[0] - 4.0 / 255.0).abs() < 1e-7);
     /// assert_eq!(zero_point[0], 64);
@@ -71,7 +71,7 @@ impl QParams {
     pub fn from_bounds(
         min: f32,
         max: f32,
-        scheme: QuantScheme,
+        scheme: QScheme,
         device: &Device,
     ) -> Result<Self, QuantError> {
         check_bounds(min, max)?;
@@ -146,9 +146,9 @@ fn nonzero_scale(scale: Tensor<1>) -> Tensor<1> {
 ///
 /// ```
 /// use burn::tensor::Tensor;
-/// use burn_quant::{QParams, QuantScheme, default_device, quantize, dequantize};
+/// use burn_quant::{QParams, QScheme, default_device, quantize, dequantize};
 /// let device = default_device().unwrap();
-/// let qp = QParams::from_bounds(0.0, 2.55, QuantScheme::affine(8).unwrap(), &device).unwrap();
+/// let qp = QParams::from_bounds(0.0, 2.55, QScheme::affine(8).unwrap(), &device).unwrap();
 /// let x = Tensor::<1>::from_floats([0.0, 0.015, 1.0, 9.0], &device);
 /// let q = quantize(x, &qp);
 /// assert_eq!(q.clone().into_data().convert::<i32>().try_to_vec::<i32>().unwrap(), vec![0, 2, 100, 255]);
@@ -172,7 +172,7 @@ mod tests {
     use super::*;
     use crate::{Signedness, default_device};
 
-    fn host(min: f32, max: f32, scheme: QuantScheme) -> (f32, i32) {
+    fn host(min: f32, max: f32, scheme: QScheme) -> (f32, i32) {
         let qp = QParams::from_bounds(min, max, scheme, &default_device().unwrap()).unwrap();
         let (s, z) = qp.to_host();
         (s[0], z[0])
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn affine_matches_reference_formula() {
-        let scheme = QuantScheme::affine(8).unwrap();
+        let scheme = QScheme::affine(8).unwrap();
         let (s, z) = host(-0.424_212_96, 2.821_486_7, scheme);
         let expected_s = (2.821_486_7_f32 + 0.424_212_96) / 255.0;
         assert!((s - expected_s).abs() < 1e-7);
@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn range_is_widened_to_zero() {
-        let scheme = QuantScheme::affine(4).unwrap();
+        let scheme = QScheme::affine(4).unwrap();
         let (s, z) = host(2.0, 3.0, scheme);
         assert!((s - 3.0 / 15.0).abs() < 1e-7);
         assert_eq!(z, 0);
@@ -203,25 +203,25 @@ mod tests {
 
     #[test]
     fn degenerate_range_gives_unit_scale() {
-        let (s, z) = host(0.0, 0.0, QuantScheme::affine(8).unwrap());
+        let (s, z) = host(0.0, 0.0, QScheme::affine(8).unwrap());
         assert_eq!((s, z), (1.0, 255));
-        let (s, z) = host(0.0, 0.0, QuantScheme::symmetric(8).unwrap());
+        let (s, z) = host(0.0, 0.0, QScheme::symmetric(8).unwrap());
         assert_eq!((s, z), (1.0, 0));
         // min == max != 0 is not degenerate once widened to contain 0.
-        let (s, z) = host(2.0, 2.0, QuantScheme::affine(8).unwrap());
+        let (s, z) = host(2.0, 2.0, QScheme::affine(8).unwrap());
         assert!((s - 2.0 / 255.0).abs() < 1e-7);
         assert_eq!(z, 0);
     }
 
     #[test]
     fn symmetric_signed_and_unsigned() {
-        let (s, z) = host(-1.0, 0.5, QuantScheme::symmetric(8).unwrap());
+        let (s, z) = host(-1.0, 0.5, QScheme::symmetric(8).unwrap());
         assert!((s - 1.0 / 127.5).abs() < 1e-7);
         assert_eq!(z, 0);
-        let unsigned = QuantScheme::new(
+        let unsigned = QScheme::new(
             8,
             Signedness::Unsigned,
-            QuantMode::Symmetric,
+            QMode::Symmetric,
             Granularity::PerTensor,
         )
         .unwrap();
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn bad_bounds_are_errors() {
-        let scheme = QuantScheme::affine(8).unwrap();
+        let scheme = QScheme::affine(8).unwrap();
         let device = default_device().unwrap();
         for (min, max) in [
             (f32::NAN, 1.0),

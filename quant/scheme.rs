@@ -16,9 +16,10 @@ pub enum Signedness {
     Signed,
 }
 
-/// How the real range is mapped onto the integer grid.
+/// How the real range is mapped onto the integer grid (Burn's own `QuantMode` has no affine
+/// mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuantMode {
+pub enum QMode {
     /// Scale and zero point from `[min, max]` (Jacob et al. 2018).
     Affine,
     /// Scale from `max(|min|, |max|)`, zero point fixed at the middle of the grid
@@ -38,30 +39,35 @@ pub enum Granularity {
     },
 }
 
-/// A validated quantization scheme.
+/// A validated quantization scheme: the integer grid a tensor is fake-quantized to.
+///
+/// Not to be confused with Burn's `burn::tensor::quantization::QuantScheme`, which describes
+/// how Burn *stores* a quantized tensor (8/4/2-bit values, symmetric only, packed storage).
+/// `QScheme` covers any bit width in `1..=16`, affine grids with a zero point and per-channel
+/// axes, and is what observers, fake-quant and the integer engine of this crate use.
 ///
 /// ```
-/// use burn_quant::{QuantScheme, Signedness};
-/// let scheme = QuantScheme::affine(4).unwrap();
+/// use burn_quant::{QScheme, Signedness};
+/// let scheme = QScheme::affine(4).unwrap();
 /// assert_eq!((scheme.qmin(), scheme.qmax()), (0, 15));
-/// let signed = QuantScheme::symmetric(8).unwrap();
+/// let signed = QScheme::symmetric(8).unwrap();
 /// assert_eq!(signed.signedness(), Signedness::Signed);
-/// assert!(QuantScheme::affine(0).is_err());
+/// assert!(QScheme::affine(0).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QuantScheme {
+pub struct QScheme {
     bits: u32,
     signedness: Signedness,
-    mode: QuantMode,
+    mode: QMode,
     granularity: Granularity,
 }
 
-impl QuantScheme {
+impl QScheme {
     /// A scheme with every field given; fails when `bits` is outside `1..=16`.
     pub fn new(
         bits: u32,
         signedness: Signedness,
-        mode: QuantMode,
+        mode: QMode,
         granularity: Granularity,
     ) -> Result<Self, QuantError> {
         if !(MIN_BITS..=MAX_BITS).contains(&bits) {
@@ -84,7 +90,7 @@ impl QuantScheme {
         Self::new(
             bits,
             Signedness::Unsigned,
-            QuantMode::Affine,
+            QMode::Affine,
             Granularity::PerTensor,
         )
     }
@@ -94,7 +100,7 @@ impl QuantScheme {
         Self::new(
             bits,
             Signedness::Signed,
-            QuantMode::Symmetric,
+            QMode::Symmetric,
             Granularity::PerTensor,
         )
     }
@@ -118,7 +124,7 @@ impl QuantScheme {
     }
 
     /// Affine or symmetric.
-    pub fn mode(&self) -> QuantMode {
+    pub fn mode(&self) -> QMode {
         self.mode
     }
 
@@ -155,19 +161,19 @@ mod tests {
 
     #[test]
     fn grid_bounds() {
-        let u = QuantScheme::affine(8).unwrap();
+        let u = QScheme::affine(8).unwrap();
         assert_eq!((u.qmin(), u.qmax()), (0, 255));
-        let s = QuantScheme::symmetric(8).unwrap();
+        let s = QScheme::symmetric(8).unwrap();
         assert_eq!((s.qmin(), s.qmax()), (-128, 127));
         assert_eq!(s.symmetric_zero_point(), 0);
-        let one = QuantScheme::affine(1).unwrap();
+        let one = QScheme::affine(1).unwrap();
         assert_eq!((one.qmin(), one.qmax()), (0, 1));
-        let wide = QuantScheme::affine(16).unwrap();
+        let wide = QScheme::affine(16).unwrap();
         assert_eq!(wide.qmax(), 65535);
-        let mid = QuantScheme::new(
+        let mid = QScheme::new(
             4,
             Signedness::Unsigned,
-            QuantMode::Symmetric,
+            QMode::Symmetric,
             Granularity::PerTensor,
         )
         .unwrap();
@@ -178,7 +184,7 @@ mod tests {
     fn bits_out_of_range_are_rejected() {
         for bits in [0, 17, 32] {
             assert_eq!(
-                QuantScheme::affine(bits),
+                QScheme::affine(bits),
                 Err(QuantError::BitsOutOfRange {
                     bits,
                     min: 1,

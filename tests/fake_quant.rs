@@ -3,12 +3,12 @@
 mod common;
 
 use burn::tensor::{Distribution, Tensor, TensorData};
-use burn_quant::{QParams, QuantScheme, Ste, fake_quant, quantize};
+use burn_quant::{QParams, QScheme, Ste, fake_quant, quantize};
 use common::{assert_fake_quant_eq, device, fake_quant_ref, to_vec};
 use proptest::prelude::*;
 
 fn per_tensor(min: f32, max: f32, bits: u32) -> QParams {
-    QParams::from_bounds(min, max, QuantScheme::affine(bits).unwrap(), &device()).unwrap()
+    QParams::from_bounds(min, max, QScheme::affine(bits).unwrap(), &device()).unwrap()
 }
 
 proptest! {
@@ -39,7 +39,7 @@ proptest! {
         let qp = QParams::from_range(
             Tensor::from_floats([-(scale * 127.0)], &device()),
             Tensor::from_floats([scale * 128.0], &device()),
-            QuantScheme::affine(8).unwrap(),
+            QScheme::affine(8).unwrap(),
         );
         let (s, zp) = qp.to_host();
         prop_assume!(s[0] == scale);
@@ -67,7 +67,7 @@ fn per_channel_matches_scalar_reference() {
         let mins: Vec<f32> = (0..channels).map(|c| -0.5 - c as f32 * 0.25).collect();
         let maxs: Vec<f32> = (0..channels).map(|c| 0.25 + c as f32 * 0.5).collect();
         for bits in [2, 4, 8] {
-            let scheme = QuantScheme::affine(bits).unwrap().per_channel(axis);
+            let scheme = QScheme::affine(bits).unwrap().per_channel(axis);
             let qp = QParams::from_range(
                 Tensor::from_floats(mins.as_slice(), &device),
                 Tensor::from_floats(maxs.as_slice(), &device),
@@ -111,7 +111,7 @@ fn per_channel_count_mismatch_panics() {
     let qp = QParams::from_range(
         Tensor::from_floats([-1.0, -1.0, -1.0], &device),
         Tensor::from_floats([1.0, 1.0, 1.0], &device),
-        QuantScheme::affine(8).unwrap().per_channel(0),
+        QScheme::affine(8).unwrap().per_channel(0),
     );
     let _ = fake_quant(Tensor::<2>::zeros([4, 2], &device), &qp, Ste::Identity);
 }

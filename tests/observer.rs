@@ -4,7 +4,7 @@ mod common;
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn_quant::{MinMaxObserverConfig, QuantError, QuantScheme, set_observing};
+use burn_quant::{MinMaxObserverConfig, QScheme, QuantError, set_observing};
 use common::{device, to_vec};
 
 fn range(obs: &burn_quant::MinMaxObserver) -> (Vec<f32>, Vec<f32>) {
@@ -15,7 +15,7 @@ fn range(obs: &burn_quant::MinMaxObserver) -> (Vec<f32>, Vec<f32>) {
 #[test]
 fn running_min_max_only_grows() {
     let device = device();
-    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap()).init(&device);
+    let obs = MinMaxObserverConfig::new(QScheme::affine(8).unwrap()).init(&device);
     obs.update(&Tensor::<1>::from_floats([-1.0, 2.0], &device));
     obs.update(&Tensor::<1>::from_floats([-0.5, 0.5], &device));
     assert_eq!(range(&obs), (vec![-1.0], vec![2.0]));
@@ -26,7 +26,7 @@ fn running_min_max_only_grows() {
 #[test]
 fn ema_min_max_moves_both_ways() {
     let device = device();
-    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap())
+    let obs = MinMaxObserverConfig::new(QScheme::affine(8).unwrap())
         .with_ema_momentum(0.5)
         .init(&device);
     obs.update(&Tensor::<1>::from_floats([-2.0, 4.0], &device));
@@ -38,7 +38,7 @@ fn ema_min_max_moves_both_ways() {
 #[test]
 fn per_channel_ranges() {
     let device = device();
-    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap().per_channel(1))
+    let obs = MinMaxObserverConfig::new(QScheme::affine(8).unwrap().per_channel(1))
         .with_channels(2)
         .init(&device);
     obs.update(&Tensor::<2>::from_floats(
@@ -52,7 +52,7 @@ fn per_channel_ranges() {
 #[test]
 fn frozen_observer_keeps_its_range() {
     let device = device();
-    let obs = MinMaxObserverConfig::new(QuantScheme::affine(4).unwrap()).init(&device);
+    let obs = MinMaxObserverConfig::new(QScheme::affine(4).unwrap()).init(&device);
     let _ = obs.fake_quant(Tensor::<1>::from_floats([-1.0, 1.0], &device));
     let obs = obs.frozen(true);
     let y = obs.fake_quant(Tensor::<1>::from_floats([-10.0, 10.0], &device));
@@ -73,7 +73,7 @@ fn frozen_observer_keeps_its_range() {
 #[test]
 fn nan_and_inf_are_ignored() {
     let device = device();
-    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap()).init(&device);
+    let obs = MinMaxObserverConfig::new(QScheme::affine(8).unwrap()).init(&device);
     obs.update(&Tensor::<1>::from_floats(
         [f32::NAN, -1.5, f32::INFINITY, 2.5, f32::NEG_INFINITY],
         &device,
@@ -82,7 +82,7 @@ fn nan_and_inf_are_ignored() {
     let (scale, _) = obs.qparams().to_host();
     assert!(scale[0].is_finite() && scale[0] > 0.0);
     // A batch of only NaNs leaves an empty range with the documented unit scale.
-    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap()).init(&device);
+    let obs = MinMaxObserverConfig::new(QScheme::affine(8).unwrap()).init(&device);
     obs.update(&Tensor::<1>::from_floats([f32::NAN, f32::NAN], &device));
     assert_eq!(obs.qparams().to_host(), (vec![1.0], vec![255]));
 }
@@ -90,7 +90,7 @@ fn nan_and_inf_are_ignored() {
 #[test]
 fn empty_tensors_are_ignored_and_uncalibrated_is_an_error() {
     let device = device();
-    let obs = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap()).init(&device);
+    let obs = MinMaxObserverConfig::new(QScheme::affine(8).unwrap()).init(&device);
     obs.update(&Tensor::<2>::zeros([0, 3], &device));
     assert!(matches!(
         obs.checked_qparams(),
@@ -103,7 +103,7 @@ fn empty_tensors_are_ignored_and_uncalibrated_is_an_error() {
 #[test]
 fn state_is_saved_with_the_module() {
     let device = device();
-    let config = MinMaxObserverConfig::new(QuantScheme::affine(8).unwrap());
+    let config = MinMaxObserverConfig::new(QScheme::affine(8).unwrap());
     let obs = config.init(&device);
     obs.update(&Tensor::<1>::from_floats([-0.123, 4.567], &device));
     let dir = std::env::temp_dir().join(format!("burn-quant-obs-{}", std::process::id()));

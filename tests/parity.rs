@@ -3,15 +3,16 @@
 mod common;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn_quant::{QParams, QuantScheme, Ste, enabled_backends, fake_quant};
+use burn_quant::backend::enabled_backends;
+use burn_quant::{QParams, QScheme, Ste, fake_quant};
 use common::{assert_fake_quant_eq, to_vec};
 
 fn run(device: &Device, x: &TensorData, bits: u32, axis: Option<usize>) -> (Vec<f32>, Vec<f32>) {
     let device = device.clone().autodiff();
     let (scheme, mins, maxs) = match axis {
-        None => (QuantScheme::affine(bits).unwrap(), vec![-1.1], vec![1.7]),
+        None => (QScheme::affine(bits).unwrap(), vec![-1.1], vec![1.7]),
         Some(axis) => (
-            QuantScheme::affine(bits).unwrap().per_channel(axis),
+            QScheme::affine(bits).unwrap().per_channel(axis),
             vec![-1.1, -0.4, -2.0],
             vec![1.7, 0.3, 0.9],
         ),

@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Distribution, Tensor, TensorData};
-use burn_quant::{QParams, QuantScheme, Ste, fake_quant};
+use burn_quant::{QParams, QScheme, Ste, fake_quant};
 use common::{device, in_range_ref, to_vec};
 
 /// Gradient of `sum(fake_quant(x) * c)` with respect to `x`.
@@ -25,7 +25,7 @@ fn qp_ref() -> (f32, f32, u32) {
 }
 
 fn on_device((min, max, bits): (f32, f32, u32), device: &burn::tensor::Device) -> QParams {
-    QParams::from_bounds(min, max, QuantScheme::affine(bits).unwrap(), device).unwrap()
+    QParams::from_bounds(min, max, QScheme::affine(bits).unwrap(), device).unwrap()
 }
 
 fn inputs() -> (Vec<f32>, Vec<f32>) {
@@ -103,7 +103,7 @@ fn clipped_ste_matches_the_detach_trick_oracle() {
 #[test]
 fn per_channel_clipped_gradient() {
     let device = device().autodiff();
-    let scheme = QuantScheme::affine(2).unwrap().per_channel(1);
+    let scheme = QScheme::affine(2).unwrap().per_channel(1);
     let qp = QParams::from_range(
         Tensor::from_floats([-1.0, -3.0], &device),
         Tensor::from_floats([2.0, 0.0], &device),

@@ -1,12 +1,20 @@
 //! Integer 2-D convolution: im2col by integer slicing, i32 matmul, fixed-point requantization.
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::ops::PadMode;
+use burn::tensor::{Int, Slice, Tensor};
 
-use super::Requantizer;
 use super::host_conv::{conv_requantize, is_host_device};
+use super::{ConvGeometry, Requantizer};
 use crate::QParams;
 
-/// A frozen convolution on the integer grid (stride 1, no padding, no dilation; grouped allowed).
+/// A frozen convolution on the integer grid: any stride, padding, dilation and groups.
+///
+/// The input is padded with its zero point (the integer that stands for the real 0 the float
+/// convolution pads with), so padded taps contribute nothing to the accumulator.
+///
+/// # Shapes
+/// - input: `[n, in, h, w]` (integers on the input grid)
+/// - output: `[n, out, h', w']` (integers on the output grid)
 #[derive(Debug, Clone)]
 pub struct IntConv2d {
     /// `q_w - Z_w`, shape `[groups, out / groups, (in / groups) · kh · kw]`.
@@ -15,8 +23,8 @@ pub struct IntConv2d {
     pub bias: Tensor<1, Int>,
     /// Input zero point `Zi`.
     pub input_zero_point: i32,
-    /// Kernel size `[kh, kw]`.
-    pub kernel_size: [usize; 2],
+    /// Kernel, stride, padding, dilation.
+    pub geometry: ConvGeometry,
     /// Output requantization.
     pub requantizer: Requantizer,
     /// Parameters of the output grid.
@@ -24,14 +32,29 @@ pub struct IntConv2d {
 }
 
 impl IntConv2d {
+    /// Output size `[h', w']` for an input of `h × w`.
+    ///
+    /// # Panics
+    /// When the dilated kernel does not fit into the padded input (Burn's own convolution
+    /// rejects such inputs as well).
+    pub fn output_size(&self, h: usize, w: usize) -> [usize; 2] {
+        self.geometry.output_size(h, w).unwrap_or_else(|| {
+            panic!(
+                "input {h}x{w} is smaller than the kernel of {:?}",
+                self.geometry
+            )
+        })
+    }
+
     /// The i32 accumulators `Σ (q_w - Z_w)(q_x - Z_i) + q_b`, shape `[n, out, h', w']`.
     ///
     /// Large batches are processed in chunks whose im2col matrix stays under 64 MiB (GPU
     /// buffers have size limits).
     pub fn accumulate(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
         let [n, c, h, w] = q.dims();
-        let [kh, kw] = self.kernel_size;
-        let per_image = c * kh * kw * (h + 1 - kh) * (w + 1 - kw) * 4;
+        let [kh, kw] = self.geometry.kernel_size;
+        let [ho, wo] = self.output_size(h, w);
+        let per_image = c * kh * kw * ho * wo * 4;
         let chunk = ((64 << 20) / per_image.max(1)).max(1);
         if n <= chunk {
             return self.accumulate_chunk(q);
@@ -44,15 +67,36 @@ impl IntConv2d {
     }
 
     fn accumulate_chunk(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
-        let [n, c, h, w] = q.dims();
-        let [kh, kw] = self.kernel_size;
+        let [n, _, h, w] = q.dims();
+        let ConvGeometry {
+            kernel_size: [kh, kw],
+            stride: [sh, sw],
+            dilation: [dh, dw],
+            ..
+        } = self.geometry;
+        let [ho, wo] = self.output_size(h, w);
         let [groups, out_per_group, depth] = self.weight.dims();
-        let (ho, wo) = (h + 1 - kh, w + 1 - kw);
+        let pads = self.geometry.padding_pairs(h, w);
+        // Real 0 is the zero point: after subtracting it, padding is with integer 0.
         let x = q - self.input_zero_point;
+        let x = if pads == [(0, 0), (0, 0)] {
+            x
+        } else {
+            x.pad(pads, PadMode::Constant(0.0))
+        };
+        let window = |start: usize, step: usize, count: usize| {
+            let end = start + (count - 1) * step + 1;
+            Slice::new(start as isize, Some(end as isize), step as isize)
+        };
         let mut taps = Vec::with_capacity(kh * kw);
         for i in 0..kh {
             for j in 0..kw {
-                taps.push(x.clone().slice([0..n, 0..c, i..i + ho, j..j + wo]));
+                taps.push(x.clone().slice([
+                    Slice::full(),
+                    Slice::full(),
+                    window(i * dh, sh, ho),
+                    window(j * dw, sw, wo),
+                ]));
             }
         }
         // [n, c, kh·kw, ho, wo] → [n, groups, (c / groups)·kh·kw, ho·wo]

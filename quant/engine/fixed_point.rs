@@ -236,7 +236,8 @@ mod tests {
             let magnitude = (product + (1u128 << (total - 1))) >> total;
             (magnitude as i64 * x.signum()) as i32
         };
-        let mut rng = crate::SplitMix64::new(7);
+        use rand::{RngCore, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut m = 1e-12f64;
         while m < 2.0 {
             let f = FixedPointMultiplier::from_real(m);

@@ -1,12 +1,12 @@
 //! Direct integer convolution with fused requantization, for the CPU backends (whose tensors
-//! already live in host memory): one pass over the input per output plane, i32 accumulators,
-//! no im2col copy, both cores.
+//! already live in host memory): one pass over the input per output plane and kernel tap, i32
+//! accumulators, no im2col copy, any stride, padding and dilation, both cores.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::IntConv2d;
-use crate::BackendKind;
+use super::{ConvGeometry, IntConv2d};
+use crate::backend::BackendKind;
 use crate::simd::with_avx2;
 
 /// Whether `device` is a CPU backend's, where reading a tensor into host memory is cheap.
@@ -28,19 +28,17 @@ pub(crate) fn host_i32<const D: usize>(t: Tensor<D, Int>) -> Vec<i32> {
 pub(crate) fn conv_requantize(conv: &IntConv2d, q: Tensor<4, Int>) -> Tensor<4, Int> {
     let device = q.device();
     let [n, c, h, w] = q.dims();
-    let [kh, kw] = conv.kernel_size;
+    let [kh, kw] = conv.geometry.kernel_size;
+    let [ho, wo] = conv.output_size(h, w);
     let [groups, per_group, depth] = conv.weight.dims();
     let out = groups * per_group;
-    let (ho, wo) = (h + 1 - kh, w + 1 - kw);
     let channels_in = c / groups;
-    let x = host_i32(q);
+    // Real 0 is the zero point: after subtracting it, padded taps are skipped (they add 0).
+    let zi = conv.input_zero_point;
+    let x: Vec<i32> = host_i32(q).into_iter().map(|v| v - zi).collect();
     let weight = host_i32(conv.weight.clone());
     let bias = host_i32(conv.bias.clone());
-    // Σ w·(x − Zi) + b = Σ w·x + (b − Zi·Σ w): the zero point folds into the offset.
-    let zi = conv.input_zero_point;
-    let offsets: Vec<i32> = (0..out)
-        .map(|o| bias[o] - zi * weight[o * depth..(o + 1) * depth].iter().sum::<i32>())
-        .collect();
+    let windows = Windows::new(&conv.geometry, [h, w], [ho, wo]);
     let r = &conv.requantizer;
     let mut y = vec![0i32; n * out * ho * wo];
     y.par_chunks_mut(ho * wo)
@@ -49,7 +47,7 @@ pub(crate) fn conv_requantize(conv: &IntConv2d, q: Tensor<4, Int>) -> Tensor<4, 
             with_avx2(|| {
                 let (image, o) = (task / out, task % out);
                 let group = o / per_group;
-                plane.fill(offsets[o]);
+                plane.fill(bias[o]);
                 for ic in 0..channels_in {
                     let channel = group * channels_in + ic;
                     let input = &x[(image * c + channel) * h * w..][..h * w];
@@ -57,7 +55,7 @@ pub(crate) fn conv_requantize(conv: &IntConv2d, q: Tensor<4, Int>) -> Tensor<4, 
                         for j in 0..kw {
                             let wv = weight[o * depth + (ic * kh + i) * kw + j];
                             if wv != 0 {
-                                accumulate_tap(plane, input, wv, i * w + j, w, ho, wo);
+                                windows.accumulate_tap(plane, input, wv, i, j);
                             }
                         }
                     }
@@ -71,22 +69,70 @@ pub(crate) fn conv_requantize(conv: &IntConv2d, q: Tensor<4, Int>) -> Tensor<4, 
     Tensor::from_data(TensorData::new(y, [n, out, ho, wo]), &device)
 }
 
-/// `plane += wv · input` over the output window starting at `start`.
-#[inline(always)]
-fn accumulate_tap(
-    plane: &mut [i32],
-    input: &[i32],
-    wv: i32,
-    start: usize,
-    w: usize,
-    ho: usize,
-    wo: usize,
-) {
-    for oh in 0..ho {
-        let src = &input[start + oh * w..][..wo];
-        let dst = &mut plane[oh * wo..][..wo];
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d += wv * s;
+/// Which input pixel each output pixel reads for each kernel tap.
+struct Windows {
+    input: [usize; 2],
+    output: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    /// Padding before the first row and column.
+    before: [usize; 2],
+}
+
+impl Windows {
+    fn new(geometry: &ConvGeometry, input: [usize; 2], output: [usize; 2]) -> Self {
+        let pads = geometry.padding_pairs(input[0], input[1]);
+        Self {
+            input,
+            output,
+            stride: geometry.stride,
+            dilation: geometry.dilation,
+            before: [pads[0].0, pads[1].0],
+        }
+    }
+
+    /// The output indices `o` along dimension `d` whose input index
+    /// `o·stride + tap·dilation − before` lies inside the input, and the input index of the
+    /// first one.
+    fn valid(&self, d: usize, tap: usize) -> (std::ops::Range<usize>, usize) {
+        let offset = tap * self.dilation[d];
+        let s = self.stride[d];
+        // First o with o·s + offset >= before.
+        let first = self.before[d].saturating_sub(offset).div_ceil(s);
+        // Last o with o·s + offset - before <= input - 1.
+        let limit = self.input[d] + self.before[d];
+        let end = if limit > offset {
+            ((limit - offset - 1) / s + 1).min(self.output[d])
+        } else {
+            0
+        };
+        let first = first.min(end);
+        (
+            first..end,
+            first * s + offset - self.before[d].min(first * s + offset),
+        )
+    }
+
+    /// `plane += wv · input` over the outputs that tap `(i, j)` reads inside the input.
+    #[inline(always)]
+    fn accumulate_tap(&self, plane: &mut [i32], input: &[i32], wv: i32, i: usize, j: usize) {
+        let (rows, first_row) = self.valid(0, i);
+        let (cols, first_col) = self.valid(1, j);
+        let (w, wo) = (self.input[1], self.output[1]);
+        let [sh, sw] = self.stride;
+        let count = cols.len();
+        for (k, oh) in rows.enumerate() {
+            let src = &input[(first_row + k * sh) * w..][..w];
+            let dst = &mut plane[oh * wo + cols.start..][..count];
+            if sw == 1 {
+                for (d, &s) in dst.iter_mut().zip(&src[first_col..first_col + count]) {
+                    *d += wv * s;
+                }
+            } else {
+                for (d, &s) in dst.iter_mut().zip(src[first_col..].iter().step_by(sw)) {
+                    *d += wv * s;
+                }
+            }
         }
     }
 }

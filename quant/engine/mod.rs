@@ -3,21 +3,27 @@
 //! A frozen layer holds integer weights `q_w - Z_w`, an int32 bias with scale `Si·Sw` and zero
 //! point 0, and a [`Requantizer`] holding `M = Si·Sw/So` as a fixed-point `m0 · 2^-31 · 2^-n`.
 //! Accumulation is exact in i32. With Burn tensor ops (every backend): im2col by integer
-//! slicing, then an integer matmul, then the requantization. On the CPU backends convolutions
+//! slicing (the input padded with its zero point; any stride and dilation), then an integer matmul, then the requantization. On the CPU backends convolutions
 //! run as a direct i32 convolution with the requantization fused, on the host memory the
 //! tensors already live in (`host_conv.rs`); both routes give the same integers.
 
+mod add;
+mod avg_pool;
 mod conv;
 mod exact_float;
 mod fixed_point;
+mod geometry;
 mod host_conv;
 mod linear;
 mod pool;
 mod requantizer;
 
+pub use add::IntAdd;
+pub use avg_pool::{int_avg_pool2d, int_global_avg_pool2d, round_mean};
 pub use conv::IntConv2d;
 pub use exact_float::exact_products;
 pub use fixed_point::{FixedPointMultiplier, requantize, requantize_uniform};
+pub use geometry::ConvGeometry;
 pub use linear::IntLinear;
 pub use pool::{int_max_pool2d, int_relu};
 pub use requantizer::Requantizer;

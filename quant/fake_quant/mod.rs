@@ -110,9 +110,9 @@ pub enum Ste {
 ///
 /// ```
 /// use burn::tensor::Tensor;
-/// use burn_quant::{QParams, QuantScheme, Ste, default_device, fake_quant};
+/// use burn_quant::{QParams, QScheme, Ste, default_device, fake_quant};
 /// let device = default_device().unwrap();
-/// let qp = QParams::from_bounds(-1.0, 1.0, QuantScheme::affine(2).unwrap(), &device).unwrap();
+/// let qp = QParams::from_bounds(-1.0, 1.0, QScheme::affine(2).unwrap(), &device).unwrap();
 /// let x = Tensor::<1>::from_floats([-2.0, -0.4, 0.1, 0.9], &device);
 /// let y = fake_quant(x, &qp, Ste::Identity).into_data().try_to_vec::<f32>().unwrap();
 /// // S = 2/3, Z = 2: representable values are -4/3, -2/3, 0, 2/3.

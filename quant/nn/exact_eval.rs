@@ -14,7 +14,7 @@ use burn::tensor::{Tensor, activation::relu};
 
 use super::{LayerObservers, Quantized};
 use crate::engine::{exact_products, int_relu};
-use crate::{QParams, QuantScheme, dequantize, quantize};
+use crate::{QParams, QScheme, dequantize, quantize};
 
 impl LayerObservers {
     /// Whether the fake-quantized forward of `x` is evaluated bit-exactly (configured, bias
@@ -70,7 +70,7 @@ impl LayerObservers {
         let frozen = self
             .freeze_weights(weight.clone(), bias.clone(), input)
             .ok()?;
-        let span = |s: QuantScheme| (s.qmax() - s.qmin()) as u64;
+        let span = |s: QScheme| (s.qmax() - s.qmin()) as u64;
         let grid = quantize(x.clone(), input) - frozen.input_zero_point;
         let acc = exact_products(
             grid.float(),

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{QConfig, Quantized};
+use super::{Mode, QConfig, QTensor, QValue, Quantized};
 use crate::engine::Requantizer;
 use crate::fake_quant::fake_quant_on_grid;
 use crate::{MinMaxObserver, QParams, QuantError, Ste, quantize};
@@ -74,6 +74,56 @@ impl LayerObservers {
                 "a layer without an input observer needs a quantized input (from a layer with an output observer)"
             ),
         }
+    }
+
+    /// The input as integers on this layer's input grid ([`Mode::Integer`]): quantized with
+    /// the own input observer's grid, or as it arrives from the previous layer.
+    ///
+    /// # Panics
+    /// When the layer has no input observer and receives real values (the first quantized
+    /// layer of a model must be built with `observe_input`).
+    pub fn input_integers<const D: usize>(&self, x: QValue<D>) -> (Tensor<D, Int>, QParams) {
+        match (&self.input, x) {
+            (Some(observer), x) => {
+                let grid = observer.qparams();
+                (quantize(x.dequantize(), &grid), grid)
+            }
+            (None, QValue::Int { q, grid }) => (q, grid),
+            (None, QValue::Fake { tensor, grid }) => (quantize(tensor, &grid), grid),
+            (None, QValue::Real(_)) => panic!(
+                "a layer without an input observer needs a quantized input (from a layer with an output observer)"
+            ),
+        }
+    }
+
+    /// The one forward of a layer with weights: `float` in [`Mode::Float`], `fake` in
+    /// [`Mode::FakeQuant`], and in [`Mode::Integer`] the input as integers on this layer's
+    /// input grid through `integer` (which freezes the layer for that grid and runs it).
+    ///
+    /// # Panics
+    /// In [`Mode::Integer`] when `integer` fails (observers not calibrated: run
+    /// [`crate::freeze`] first, which names the observer), naming `layer`.
+    pub(crate) fn forward_modes<const D: usize>(
+        &self,
+        layer: &str,
+        x: QTensor<D>,
+        float: impl FnOnce(Tensor<D>) -> Tensor<D>,
+        fake: impl FnOnce(Quantized<D>) -> Quantized<D>,
+        integer: impl FnOnce(Tensor<D, Int>, &QParams) -> Result<(Tensor<D, Int>, QParams), QuantError>,
+    ) -> QTensor<D> {
+        let mode = x.mode;
+        let value = match mode {
+            Mode::Float => QValue::Real(float(x.value.dequantize())),
+            Mode::FakeQuant => fake(x.value.into_quantized()).into(),
+            Mode::Integer => {
+                let (q, grid) = self.input_integers(x.value);
+                let (q, grid) = integer(q, &grid).unwrap_or_else(|e| {
+                    panic!("{layer} cannot run on integers: {e} (check the model with burn_quant::freeze)")
+                });
+                QValue::Int { q, grid }
+            }
+        };
+        QTensor { value, mode }
     }
 
     /// Fake-quantizes the weight, and the bias on the `Si·Sw` grid when configured.

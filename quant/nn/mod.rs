@@ -1,21 +1,29 @@
-//! Quantized layers: ordinary Burn modules with a float forward, a fake-quantized forward
-//! (observers update, STE on input, weight and output) and a conversion to integer layers.
+//! Quantized layers: ordinary Burn modules with one `forward` on a [`QTensor`], which runs
+//! the layer in float, fake-quantized (observers update, STE on input, weight and output) or
+//! on the integer engine, as the tensor's [`Mode`] says. The three forms are also available on
+//! their own (`forward_float`, `forward_fq`, `to_integer`).
 
 mod exact_eval;
 pub(crate) mod layer_observers;
+mod qadd;
+mod qavg_pool;
 mod qconfig;
 mod qconv2d;
 mod qconv_bn;
 mod qlinear;
 mod qmaxpool2d;
 mod qrelu;
+mod qtensor;
 mod quantized;
 
 pub use layer_observers::{FrozenWeights, LayerObservers};
+pub use qadd::QAdd;
+pub use qavg_pool::QAvgPool2d;
 pub use qconfig::QConfig;
 pub use qconv_bn::{QConvBn, QConvBnReLU};
 pub use qconv2d::QConv2d;
 pub use qlinear::QLinear;
 pub use qmaxpool2d::QMaxPool2d;
 pub use qrelu::QReLU;
+pub use qtensor::{Mode, QTensor, QValue};
 pub use quantized::Quantized;

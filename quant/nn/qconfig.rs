@@ -2,7 +2,7 @@
 
 use burn::tensor::Device;
 
-use crate::{MinMaxObserver, MinMaxObserverConfig, QuantError, QuantScheme, Ste};
+use crate::{MinMaxObserver, MinMaxObserverConfig, QScheme, QuantError, Ste};
 
 /// How a model's layers quantize weights and activations.
 ///
@@ -15,9 +15,9 @@ use crate::{MinMaxObserver, MinMaxObserverConfig, QuantError, QuantScheme, Ste};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QConfig {
     /// Scheme of activations (must be per tensor).
-    pub activation: QuantScheme,
+    pub activation: QScheme,
     /// Scheme of weights (per tensor or per output channel; the axis is set by each layer).
-    pub weight: QuantScheme,
+    pub weight: QScheme,
     /// EMA momentum of the observers (`None`: running min/max, the reference).
     pub ema_momentum: Option<f64>,
     /// Straight-through estimator.
@@ -36,7 +36,7 @@ impl QConfig {
     /// The reference's settings: unsigned affine per-tensor weights and activations at `bits`,
     /// running min/max observers, identity STE, float bias.
     pub fn reference(bits: u32) -> Result<Self, QuantError> {
-        let scheme = QuantScheme::affine(bits)?;
+        let scheme = QScheme::affine(bits)?;
         Ok(Self {
             activation: scheme,
             weight: scheme,

@@ -1,12 +1,11 @@
 //! Quantized 2-D convolution.
 
 use burn::module::Module;
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{Tensor, module::conv2d, ops::ConvOptions};
+use burn::tensor::{Tensor, module::conv2d};
 
-use super::{LayerObservers, QConfig, Quantized};
-use crate::engine::IntConv2d;
+use super::{LayerObservers, QConfig, QTensor, Quantized};
+use crate::engine::{ConvGeometry, IntConv2d};
 use crate::{QParams, QuantError};
 
 /// A [`Conv2d`] with input (optional), weight and output observers.
@@ -27,8 +26,29 @@ impl QConv2d {
         Self { conv, observers }
     }
 
+    /// The one forward: float, fake-quantized or on integers, as `x`'s [`Mode`](super::Mode) says.
+    ///
+    /// # Shapes
+    /// - input: `[n, in, h, w]`
+    /// - output: `[n, out, h', w']`
+    ///
+    /// # Panics
+    /// In [`Mode::Integer`](super::Mode::Integer) when an observer is not calibrated (see [`crate::freeze`]).
+    pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
+        self.observers.forward_modes(
+            "QConv2d",
+            x,
+            |t| self.forward_float(t),
+            |q| self.forward_fq(q),
+            |q, grid| {
+                let conv = self.to_integer(Some(grid))?;
+                Ok((conv.forward(q), conv.output))
+            },
+        )
+    }
+
     /// Float forward.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward_float(&self, x: Tensor<4>) -> Tensor<4> {
         self.conv.forward(x)
     }
 
@@ -54,16 +74,6 @@ impl QConv2d {
     }
 }
 
-/// The convolution options of `conv` (symmetric padding only).
-pub(crate) fn conv_options(conv: &Conv2d) -> ConvOptions<2> {
-    ConvOptions::new(
-        conv.stride,
-        padding(&conv.padding),
-        conv.dilation,
-        conv.groups,
-    )
-}
-
 /// The fake-quantized output of `conv`'s geometry with `weight` and `bias`, for `x` on the
 /// grid `input` (see [`LayerObservers::layer_output`]).
 pub(crate) fn conv_output(
@@ -75,7 +85,8 @@ pub(crate) fn conv_output(
     bias: Option<Tensor<1>>,
     relu_after: bool,
 ) -> Quantized<4> {
-    let options = conv_options(conv);
+    let [_, _, h, w] = x.dims();
+    let options = ConvGeometry::of(conv).options(conv.groups, h, w);
     let [_, depth, kh, kw] = weight.dims();
     let accumulate = |x, w| conv2d(x, w, None, options.clone());
     let float = |x, w, b| conv2d(x, w, b, options.clone());
@@ -100,10 +111,6 @@ pub(crate) fn int_conv(
     bias: Option<Tensor<1>>,
     previous: Option<&QParams>,
 ) -> Result<IntConv2d, QuantError> {
-    assert!(
-        conv.stride == [1, 1] && conv.dilation == [1, 1] && padding(&conv.padding) == [0, 0],
-        "the integer engine supports stride 1, dilation 1 and no padding"
-    );
     let input = observers.input_qparams(previous)?;
     let [out, depth, kh, kw] = weight.dims();
     let frozen = observers.freeze_weights(weight, bias, &input)?;
@@ -114,19 +121,8 @@ pub(crate) fn int_conv(
             .reshape([groups, out / groups, depth * kh * kw]),
         bias: frozen.bias,
         input_zero_point: frozen.input_zero_point,
-        kernel_size: [kh, kw],
+        geometry: ConvGeometry::of(conv),
         requantizer: frozen.requantizer,
         output: frozen.output,
     })
-}
-
-/// Symmetric padding of a config; `Same` and asymmetric padding are not supported.
-fn padding(config: &PaddingConfig2d) -> [usize; 2] {
-    match *config {
-        PaddingConfig2d::Valid => [0, 0],
-        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
-            [top, left]
-        }
-        ref other => panic!("QConv2d supports valid or symmetric explicit padding, got {other:?}"),
-    }
 }

@@ -6,10 +6,10 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, activation::relu};
 
 use super::qconv2d::conv_output;
-use super::{LayerObservers, QConfig, Quantized};
+use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::QParams;
 use crate::QuantError;
-use crate::engine::IntConv2d;
+use crate::engine::{IntConv2d, int_relu};
 use crate::observer::commit;
 
 /// A [`Conv2d`] followed by a [`BatchNorm`] (and a ReLU when built with `relu`), quantized as
@@ -77,8 +77,35 @@ impl QConvBn {
         self.bn_frozen
     }
 
+    /// The one forward: float, fake-quantized (folded) or on integers (folded, frozen), as
+    /// `x`'s [`Mode`](super::Mode) says.
+    ///
+    /// # Shapes
+    /// - input: `[n, in, h, w]`
+    /// - output: `[n, out, h', w']`
+    ///
+    /// # Panics
+    /// In [`Mode::Integer`](super::Mode::Integer) when an observer is not calibrated (see [`crate::freeze`]).
+    pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
+        self.observers.forward_modes(
+            "QConvBn",
+            x,
+            |t| self.forward_float(t),
+            |q| self.forward_fq(q),
+            |q, grid| {
+                let conv = self.to_integer(Some(grid))?;
+                let q = conv.forward(q);
+                let q = match self.relu {
+                    true => int_relu(q, conv.requantizer.output_zero_point),
+                    false => q,
+                };
+                Ok((q, conv.output))
+            },
+        )
+    }
+
     /// Float forward: convolution, BatchNorm (Burn's own, train or eval), ReLU.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward_float(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self.bn.forward(self.conv.forward(x));
         if self.relu { relu(y) } else { y }
     }

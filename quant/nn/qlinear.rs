@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Tensor, module::linear};
 
-use super::{LayerObservers, QConfig, Quantized};
+use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::engine::IntLinear;
 use crate::{QParams, QuantError};
 
@@ -27,8 +27,29 @@ impl QLinear {
         Self { linear, observers }
     }
 
+    /// The one forward: float, fake-quantized or on integers, as `x`'s [`Mode`](super::Mode) says.
+    ///
+    /// # Shapes
+    /// - input: `[n, in]`
+    /// - output: `[n, out]`
+    ///
+    /// # Panics
+    /// In [`Mode::Integer`](super::Mode::Integer) when an observer is not calibrated (see [`crate::freeze`]).
+    pub fn forward(&self, x: QTensor<2>) -> QTensor<2> {
+        self.observers.forward_modes(
+            "QLinear",
+            x,
+            |t| self.forward_float(t),
+            |q| self.forward_fq(q),
+            |q, grid| {
+                let linear = self.to_integer(Some(grid))?;
+                Ok((linear.forward(q), linear.output))
+            },
+        )
+    }
+
     /// Float forward.
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+    pub fn forward_float(&self, x: Tensor<2>) -> Tensor<2> {
         self.linear.forward(x)
     }
 

@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::{Int, Tensor};
 
-use super::Quantized;
+use super::{QTensor, Quantized};
 use crate::engine::int_max_pool2d;
 
 /// Non-overlapping max-pooling (kernel = stride): monotone, so it keeps the grid and is exact
@@ -28,8 +28,17 @@ impl QMaxPool2d {
         }
     }
 
+    /// The one forward (the grid is kept).
+    ///
+    /// # Shapes
+    /// - input: `[n, c, h, w]`
+    /// - output: `[n, c, h / kernel, w / kernel]`
+    pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
+        x.map_values(|t| self.pool.forward(t), |q| self.forward_int(q))
+    }
+
     /// Float forward.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward_float(&self, x: Tensor<4>) -> Tensor<4> {
         self.pool.forward(x)
     }
 

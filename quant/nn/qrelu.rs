@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, activation::relu};
 
-use super::Quantized;
+use super::{QTensor, QValue, Quantized};
 use crate::QParams;
 use crate::engine::int_relu;
 
@@ -18,8 +18,29 @@ impl QReLU {
         Self
     }
 
+    /// The one forward: on real and fake-quantized values `max(x, 0)`, on integers
+    /// `max(q, Z)` (the grid is kept).
+    ///
+    /// # Shapes
+    /// - input and output: any shape
+    pub fn forward<const D: usize>(&self, x: QTensor<D>) -> QTensor<D> {
+        let mode = x.mode;
+        let value = match x.value {
+            QValue::Real(t) => QValue::Real(relu(t)),
+            QValue::Fake { tensor, grid } => QValue::Fake {
+                tensor: relu(tensor),
+                grid,
+            },
+            QValue::Int { q, grid } => QValue::Int {
+                q: self.forward_int(q, &grid),
+                grid,
+            },
+        };
+        QTensor { value, mode }
+    }
+
     /// Float forward.
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+    pub fn forward_float<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         relu(x)
     }
 

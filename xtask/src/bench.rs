@@ -38,8 +38,17 @@ fn run_criterion(backends: &[String], quick: bool) -> Result<()> {
         worker_features("flex")
     };
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["bench", "--bench", "quant", "--features", features, "--"])
-        .env("BURN_QUANT_BENCH_BACKENDS", backends.join(","));
+    cmd.args([
+        "bench",
+        "--package",
+        "burn-quant-mnist",
+        "--bench",
+        "quant",
+        "--features",
+        features,
+        "--",
+    ])
+    .env("BURN_QUANT_BENCH_BACKENDS", backends.join(","));
     if quick {
         cmd.args(["--warm-up-time", "1", "--measurement-time", "3"]);
     }

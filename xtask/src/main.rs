@@ -125,26 +125,7 @@ fn parse_momentum(s: &str) -> Result<f64, String> {
 struct BitList(Vec<u32>);
 
 fn parse_bits(s: &str) -> Result<BitList, String> {
-    let mut bits = Vec::new();
-    for part in s.split(',').map(str::trim) {
-        let (lo, hi) = match part.split_once("..").or_else(|| part.split_once('-')) {
-            Some((lo, hi)) => (lo, hi.trim_start_matches('=')),
-            None => (part, part),
-        };
-        let parse = |v: &str| {
-            v.trim()
-                .parse::<u32>()
-                .map_err(|_| format!("bad bit width `{part}`"))
-        };
-        let (lo, hi) = (parse(lo)?, parse(hi)?);
-        if lo == 0 || hi > 16 || lo > hi {
-            return Err(format!("bit widths must lie in 1..=16, got `{part}`"));
-        }
-        bits.extend(lo..=hi);
-    }
-    bits.sort_unstable();
-    bits.dedup();
-    Ok(BitList(bits))
+    burn_quant_mnist_protocol::parse_bits(s).map(BitList)
 }
 
 impl SweepArgs {

@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use burn_quant_mnist_protocol::{Method as Mode, ModeResult};
+
 /// The published numbers of the seed article (MNIST test accuracy, %, bits 1..=8).
 pub const SEED_PTQ: [f64; 8] = [10.0, 47.0, 83.0, 96.0, 98.0, 98.0, 98.0, 98.0];
 /// See [`SEED_PTQ`].
@@ -44,24 +46,15 @@ pub struct SweepConfig {
 }
 
 impl SweepConfig {
-    /// The part of the configuration the float model depends on.
+    /// The part of the configuration the float model depends on, and the version of the
+    /// checkpoint's layout (2: the models written with burn-quant's one-forward layers).
     pub fn float_key(&self) -> serde_json::Value {
         serde_json::json!({
+            "layout": 2,
             "model": self.model, "epochs": self.epochs, "lr": self.lr,
             "momentum": self.momentum, "seed": self.seed, "train_limit": self.train_limit,
         })
     }
-}
-
-/// Accuracies (fractions in [0, 1]) of one quantization mode at one bit width.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ModeResult {
-    /// Fake-quantized model.
-    pub fake_quant: f64,
-    /// Integer engine.
-    pub integer: f64,
-    /// Fraction of test images with the same prediction on both.
-    pub agreement: f64,
 }
 
 /// One bit width.
@@ -109,33 +102,6 @@ pub struct Results {
     pub git_commit: String,
     /// The command that produced the results.
     pub command: String,
-}
-
-/// A quantization mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Post-training quantization.
-    Ptq,
-    /// Quantization-aware training.
-    Qat,
-}
-
-impl Mode {
-    /// Both modes, in the order they run.
-    pub const BOTH: [Mode; 2] = [Mode::Ptq, Mode::Qat];
-
-    /// Lower-case name, as the worker spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Ptq => "ptq",
-            Mode::Qat => "qat",
-        }
-    }
-
-    /// Parses the worker's spelling.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::BOTH.into_iter().find(|m| m.name() == name)
-    }
 }
 
 impl Results {

@@ -1,4 +1,4 @@
-//! `cargo xtask sweep`: runs the MNIST worker (the `mnist` example) for every bit width and
+//! `cargo xtask sweep`: runs the MNIST worker (the `burn-quant-mnist` package) for every bit width and
 //! mode still missing, records each result as soon as it arrives, and draws the plots.
 
 use std::collections::HashMap;
@@ -11,6 +11,8 @@ use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::plot::plot;
+use burn_quant_mnist_protocol::WorkerMessage;
+
 use crate::results::{Mode, ModeResult, Results, SweepConfig, write_atomic};
 
 /// What to run.
@@ -53,8 +55,12 @@ impl Sweep {
                 json.display()
             );
         }
+        let worker = match pending.is_empty() {
+            true => PathBuf::new(),
+            false => build_worker(worker_features(&self.config.backend))?,
+        };
         for (bits, modes) in pending {
-            self.run_worker(bits, &modes, &mut results)?;
+            self.run_worker(&worker, bits, &modes, &mut results)?;
             print_summary(&results, bits);
         }
         results.date = utc_now();
@@ -102,7 +108,7 @@ impl Sweep {
             c.seed.to_string(),
             "--checkpoint".into(),
             self.checkpoint().display().to_string(),
-            "--json".into(),
+            "--messages".into(),
         ];
         let mut push = |flag: &str, value: Option<String>| {
             if let Some(v) = value {
@@ -126,71 +132,105 @@ impl Sweep {
         args
     }
 
-    fn run_worker(&self, bits: u32, modes: &[Mode], results: &mut Results) -> Result<()> {
-        let backend = &self.config.backend;
-        let features = worker_features(backend);
-        let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "run",
-                "--release",
-                "--quiet",
-                "--example",
-                "mnist",
-                "--features",
-                features,
-            ])
-            .arg("--")
+    fn run_worker(
+        &self,
+        worker: &Path,
+        bits: u32,
+        modes: &[Mode],
+        results: &mut Results,
+    ) -> Result<()> {
+        let mut child = Command::new(worker)
             .args(self.worker_args(bits, modes))
-            .env("BURN_QUANT_DEVICE", backend)
+            .env("BURN_QUANT_DEVICE", &self.config.backend)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .context("starting the worker (cargo run --example mnist)")?;
+            .with_context(|| format!("starting the worker {}", worker.display()))?;
         let stderr = child.stderr.take().expect("piped stderr");
-        let progress = std::thread::spawn(move || show_progress(bits, stderr));
+        let tail = std::thread::spawn(move || last_lines(stderr));
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut progress = Progress::new(bits);
         let start = Instant::now();
         for line in stdout.lines() {
-            let line = line?;
-            let Some(json) = line.strip_prefix("RESULT ") else {
+            let Some(message) = WorkerMessage::from_line(&line?) else {
                 continue;
             };
-            let value: serde_json::Value = serde_json::from_str(json)?;
-            self.record(&value, results, start.elapsed().as_secs_f64())?;
+            match message.context("a malformed message from the worker")? {
+                WorkerMessage::Progress { phase, done, total } => {
+                    progress.show(&phase, done, total)
+                }
+                message => self.record(message, results, start.elapsed().as_secs_f64())?,
+            }
         }
         let status = child.wait()?;
-        let tail = progress.join().unwrap_or_default();
+        let tail = tail.join().unwrap_or_default();
         if !status.success() {
             bail!("the worker failed at {bits} bits ({status}); its last messages:\n{tail}");
         }
         Ok(())
     }
 
-    fn record(&self, value: &serde_json::Value, results: &mut Results, elapsed: f64) -> Result<()> {
-        let num = |k: &str| {
-            value[k]
-                .as_f64()
-                .with_context(|| format!("missing `{k}` in {value}"))
-        };
-        let mode = value["mode"].as_str().unwrap_or_default();
-        if mode == "float" {
-            results.float_accuracy = Some(num("accuracy")?);
-            if value["trained"].as_bool() == Some(true) {
-                results.wall_seconds.float = num("seconds")?;
+    fn record(&self, message: WorkerMessage, results: &mut Results, elapsed: f64) -> Result<()> {
+        match message {
+            WorkerMessage::Float {
+                accuracy,
+                seconds,
+                trained,
+            } => {
+                results.float_accuracy = Some(accuracy);
+                if trained {
+                    results.wall_seconds.float = seconds;
+                }
             }
-        } else {
-            let mode = Mode::parse(mode).with_context(|| format!("unknown mode in {value}"))?;
-            let result = ModeResult {
-                fake_quant: num("fake_quant")?,
-                integer: num("integer")?,
-                agreement: num("agreement")?,
-            };
-            let seconds = value["seconds"].as_f64().unwrap_or(elapsed);
-            results.record(num("bits")? as u32, mode, result, seconds);
+            WorkerMessage::Quantized {
+                bits,
+                method,
+                result,
+                seconds,
+            } => {
+                let seconds = if seconds > 0.0 { seconds } else { elapsed };
+                results.record(bits, method, result, seconds);
+            }
+            WorkerMessage::Progress { .. } => return Ok(()),
         }
         results.date = utc_now();
         results.save(&self.out)
     }
+}
+
+/// The MNIST worker's binary target (package `burn-quant-mnist`).
+const WORKER_BIN: &str = "mnist";
+
+/// Builds the worker and returns its executable.
+///
+/// It is built with the same package selection and targets as the README's test command
+/// (`--workspace`, tests included), so that cargo resolves the same features and the sweep
+/// reuses the test build instead of compiling Burn a second time.
+pub fn build_worker(features: &str) -> Result<PathBuf> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--workspace", "--bins", "--tests"])
+        .args([
+            "--features",
+            features,
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build for the worker")?;
+    if !output.status.success() {
+        bail!("building the worker failed ({})", output.status);
+    }
+    worker_executable(&String::from_utf8_lossy(&output.stdout))
+        .context("cargo built no `mnist` executable")
+}
+
+/// The executable of the worker among cargo's JSON build messages.
+fn worker_executable(messages: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == WORKER_BIN)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
 /// Cargo features of the worker for `backend`: the CPU and wgpu backends share one build
@@ -202,43 +242,57 @@ pub fn worker_features(backend: &str) -> &'static str {
     }
 }
 
-/// Shows one progress bar per phase from the worker's `PROGRESS phase done total` lines;
-/// returns the last other lines (for error messages).
-fn show_progress(bits: u32, stderr: impl std::io::Read) -> String {
-    let bars = MultiProgress::new();
-    let style = ProgressStyle::with_template(
-        "{prefix:>12} [{bar:30}] {pos}/{len} batches, {elapsed} elapsed, ETA {eta}",
-    )
-    .expect("valid template")
-    .progress_chars("=> ");
-    let mut phases: HashMap<String, ProgressBar> = HashMap::new();
+/// One progress bar per phase of the worker.
+struct Progress {
+    bits: u32,
+    bars: MultiProgress,
+    phases: HashMap<String, ProgressBar>,
+    style: ProgressStyle,
+}
+
+impl Progress {
+    fn new(bits: u32) -> Self {
+        let style = ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} batches, {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> ");
+        Self {
+            bits,
+            bars: MultiProgress::new(),
+            phases: HashMap::new(),
+            style,
+        }
+    }
+
+    fn show(&mut self, phase: &str, done: u64, total: u64) {
+        let bar = self.phases.entry(phase.to_string()).or_insert_with(|| {
+            let bar = self.bars.add(ProgressBar::new(total));
+            bar.set_style(self.style.clone());
+            bar.set_prefix(if phase == "float" {
+                "float".into()
+            } else {
+                format!("{}b {phase}", self.bits)
+            });
+            bar
+        });
+        bar.set_position(done);
+        if done == total {
+            bar.finish();
+        }
+    }
+}
+
+/// The last 20 lines of the worker's standard error (for error messages).
+fn last_lines(stderr: impl std::io::Read) -> String {
     let mut tail: Vec<String> = Vec::new();
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        if let ["PROGRESS", phase, done, total] = parts[..] {
-            let (Ok(done), Ok(total)) = (done.parse::<u64>(), total.parse::<u64>()) else {
-                continue;
-            };
-            let bar = phases.entry(phase.to_string()).or_insert_with(|| {
-                let bar = bars.add(ProgressBar::new(total));
-                bar.set_style(style.clone());
-                let label = if phase == "float" {
-                    "float".into()
-                } else {
-                    format!("{bits}b {phase}")
-                };
-                bar.set_prefix(label);
-                bar
-            });
-            bar.set_position(done);
-            if done == total {
-                bar.finish();
-            }
-        } else if !line.contains("XDG_RUNTIME_DIR") {
-            tail.push(line);
-            if tail.len() > 20 {
-                tail.remove(0);
-            }
+        if line.contains("XDG_RUNTIME_DIR") {
+            continue;
+        }
+        tail.push(line);
+        if tail.len() > 20 {
+            tail.remove(0);
         }
     }
     tail.join("\n")
@@ -347,6 +401,22 @@ mod tests {
     }
 
     #[test]
+    fn the_worker_executable_is_found_among_build_messages() {
+        let messages = [
+            r#"{"reason":"compiler-artifact","target":{"name":"burn_quant"},"executable":null}"#,
+            "not json",
+            r#"{"reason":"compiler-artifact","target":{"name":"mnist"},"executable":"/t/mnist"}"#,
+            r#"{"reason":"build-finished","success":true}"#,
+        ]
+        .join("\n");
+        assert_eq!(
+            worker_executable(&messages),
+            Some(PathBuf::from("/t/mnist"))
+        );
+        assert_eq!(worker_executable("{}"), None);
+    }
+
+    #[test]
     fn worker_gets_every_setting() {
         let sweep = Sweep {
             config: crate::results::tests::config(),
@@ -362,7 +432,7 @@ mod tests {
             "--only qat",
             "--train-limit 1000",
             "--data-dir /data",
-            "--json",
+            "--messages",
         ] {
             assert!(args.contains(expected), "{args}");
         }

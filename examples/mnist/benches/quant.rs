@@ -9,11 +9,10 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use burn_quant::models::{FloatModel, IntegerModel, Net, QuantizedModel};
-use burn_quant::nn::QConfig;
-use burn_quant::{
-    BackendKind, QParams, QuantScheme, Ste, enabled_backends, fake_quant, set_observing,
-};
+use burn_quant::backend::{BackendKind, enabled_backends};
+use burn_quant::nn::{Mode, QConfig};
+use burn_quant::{QParams, QScheme, Ste, fake_quant, freeze};
+use burn_quant_mnist::models::{MnistModel, Net};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
@@ -43,7 +42,7 @@ fn elementwise(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("elementwise/{}", kind.name()));
         group.throughput(Throughput::Elements(N as u64));
         let x = Tensor::<1>::random([N], Distribution::Normal(0.0, 1.0), &device);
-        let qp = QParams::from_bounds(-3.0, 3.0, QuantScheme::affine(8).unwrap(), &device).unwrap();
+        let qp = QParams::from_bounds(-3.0, 3.0, QScheme::affine(8).unwrap(), &device).unwrap();
         sync(&device);
         group.bench_function("mul_scalar", |b| {
             b.iter(|| {
@@ -57,7 +56,7 @@ fn elementwise(c: &mut Criterion) {
         });
         let ad = device.clone().autodiff();
         let xa = Tensor::<1>::random([N], Distribution::Normal(0.0, 1.0), &ad);
-        let qpa = QParams::from_bounds(-3.0, 3.0, QuantScheme::affine(8).unwrap(), &ad).unwrap();
+        let qpa = QParams::from_bounds(-3.0, 3.0, QScheme::affine(8).unwrap(), &ad).unwrap();
         group.bench_function("mul_scalar_backward", |b| {
             b.iter(|| {
                 let x = xa.clone().require_grad();
@@ -107,14 +106,16 @@ fn bench_step<M: Module>(
 }
 
 fn train_step(c: &mut Criterion) {
+    let qconfig = QConfig::reference(8).unwrap();
     for kind in backends() {
         let ad = kind.device().autodiff();
         let mut group = c.benchmark_group(format!("train_step/{}", kind.name()));
         group.sample_size(20);
         group.throughput(Throughput::Elements(64));
-        bench_step(&mut group, "float", Net::new(&ad), |m, x| m.forward(x));
-        let qnet = Net::new(&ad).quantize(&QConfig::reference(8).unwrap());
-        bench_step(&mut group, "qat", qnet, |m, x| m.forward_fq(x));
+        let float = |m: &Net, x| m.logits(x, Mode::Float);
+        bench_step(&mut group, "float", Net::new(&qconfig, &ad), float);
+        let fake = |m: &Net, x| m.logits(x, Mode::FakeQuant);
+        bench_step(&mut group, "qat", Net::new(&qconfig, &ad), fake);
         group.finish();
     }
 }
@@ -124,24 +125,21 @@ fn inference(c: &mut Criterion) {
         let device = kind.device();
         let mut group = c.benchmark_group(format!("inference/{}", kind.name()));
         group.sample_size(20);
-        let net = Net::new(&device);
-        let qnet = net.quantize(&QConfig::reference(8).unwrap());
+        let net = Net::new(&QConfig::reference(8).unwrap(), &device);
         let (calib, _) = batch(&device, 64);
-        let _ = qnet.forward_fq(calib).into_data();
-        let qnet = set_observing(qnet, false);
-        let int_net = qnet.to_integer().unwrap();
+        let _ = net.logits(calib, Mode::FakeQuant).into_data();
+        let net = freeze(net).expect("calibrated");
         for n in [1usize, 256] {
             let (x, _) = batch(&device, n);
             group.throughput(Throughput::Elements(n as u64));
             group.bench_with_input(BenchmarkId::new("float", n), &x, |b, x| {
-                b.iter(|| net.forward(x.clone()).into_data())
+                b.iter(|| net.logits(x.clone(), Mode::Float).into_data())
             });
             group.bench_with_input(BenchmarkId::new("integer", n), &x, |b, x| {
-                b.iter(|| int_net.forward(x.clone()).into_data())
+                b.iter(|| net.logits(x.clone(), Mode::Integer).into_data())
             });
         }
         group.finish();
-        let _ = qnet.valid();
     }
 }
 

@@ -1,12 +1,13 @@
 //! The MNIST pipeline: float training, PTQ and QAT at a bit width, evaluated three ways.
 
-use burn::module::Module;
 use burn::tensor::Device;
 
-use crate::models::{FloatModel, IntegerModel, QuantizedModel};
-use crate::nn::QConfig;
+use crate::Dataset;
+use crate::models::MnistModel;
+use crate::protocol::ModeResult;
 use crate::train::{Progress, TrainConfig, accuracy, agreement, calibrate, predict, train};
-use crate::{Dataset, QuantError, set_observing};
+use burn_quant::nn::{Mode, QConfig};
+use burn_quant::{QuantError, freeze};
 
 /// Settings of the PTQ/QAT pipeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -54,19 +55,8 @@ impl PipelineConfig {
     }
 }
 
-/// Test accuracy of a quantized model, fake-quantized and on the integer engine.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct QuantAccuracy {
-    /// Accuracy of the fake-quantized forward (observers frozen).
-    pub fake_quant: f64,
-    /// Accuracy of the integer engine frozen from it.
-    pub integer: f64,
-    /// Fraction of test images on which both predict the same class.
-    pub agreement: f64,
-}
-
 /// Trains a float model from scratch (seeded) on `device` (autodiff is added here).
-pub fn train_float<M: FloatModel>(
+pub fn train_float<M: MnistModel>(
     train_set: &Dataset,
     config: &TrainConfig,
     device: &Device,
@@ -74,74 +64,73 @@ pub fn train_float<M: FloatModel>(
 ) -> M {
     let device = device.clone().autodiff();
     device.seed(config.seed);
-    let net = M::init(&device);
-    train(net, train_set, config, |m, x| m.forward(x), progress).valid()
+    // The quantization settings are not used in float mode.
+    let qconfig = QConfig::reference(8).expect("8 bits are supported");
+    let net = M::new(&qconfig, &device);
+    let forward = |m: &M, x| m.logits(x, Mode::Float);
+    train(net, train_set, config, forward, progress).valid()
 }
 
-/// Float test accuracy.
-pub fn float_accuracy<M: FloatModel>(net: &M, test: &Dataset, batch_size: usize) -> f64 {
+/// Test accuracy of the float model.
+pub fn float_accuracy<M: MnistModel>(net: &M, test: &Dataset, batch_size: usize) -> f64 {
     accuracy(
-        &predict(test, batch_size, |x| net.forward(x)),
+        &predict(test, batch_size, |x| net.logits(x, Mode::Float)),
         &test.host_labels,
     )
 }
 
 /// PTQ: calibrate fresh observers on training batches, freeze them, evaluate.
-pub fn ptq<M: FloatModel>(
+pub fn ptq<M: MnistModel>(
     net: &M,
     bits: u32,
     train_set: &Dataset,
     test: &Dataset,
     config: &PipelineConfig,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(M::Quantized, QuantAccuracy), QuantError> {
-    let qnet = net.quantize(&config.qconfig(bits)?);
+) -> Result<(M, ModeResult), QuantError> {
+    let qnet = net.with_qconfig(&config.qconfig(bits)?)?;
     calibrate(
         train_set,
         config.calib_batches,
         config.qat.batch_size,
         config.calib_seed,
-        |x| qnet.forward_fq(x),
+        |x| qnet.logits(x, Mode::FakeQuant),
         progress,
     );
-    let qnet = set_observing(qnet, false);
+    let qnet = freeze(qnet)?;
     let result = evaluate(&qnet, test, config.eval_batch_size)?;
     Ok((qnet, result))
 }
 
 /// QAT: from the float model, train with the fake-quantized forward (the first batch sets the
 /// ranges, as in the reference), then freeze the observers and evaluate.
-pub fn qat<M: FloatModel>(
+pub fn qat<M: MnistModel>(
     net: &M,
     bits: u32,
     train_set: &Dataset,
     test: &Dataset,
     config: &PipelineConfig,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(M::Quantized, QuantAccuracy), QuantError> {
-    let qnet = net.clone().train().quantize(&config.qconfig(bits)?);
-    let qnet = train(
-        qnet,
-        train_set,
-        &config.qat,
-        |m, x| m.forward_fq(x),
-        progress,
-    );
-    let qnet = qnet.valid();
+) -> Result<(M, ModeResult), QuantError> {
+    let qnet = net.clone().train().with_qconfig(&config.qconfig(bits)?)?;
+    let forward = |m: &M, x| m.logits(x, Mode::FakeQuant);
+    let qnet = train(qnet, train_set, &config.qat, forward, progress);
+    let qnet = freeze(qnet.valid())?;
     let result = evaluate(&qnet, test, config.eval_batch_size)?;
     Ok((qnet, result))
 }
 
-/// Evaluates a calibrated model (observers must be off) fake-quantized and on the engine.
-pub fn evaluate<Q: QuantizedModel>(
-    qnet: &Q,
+/// Evaluates a calibrated model fake-quantized and on the integer engine (the observers are
+/// frozen first; an uncalibrated one is an error naming it).
+pub fn evaluate<M: MnistModel>(
+    qnet: &M,
     test: &Dataset,
     batch_size: usize,
-) -> Result<QuantAccuracy, QuantError> {
-    let fq = predict(test, batch_size, |x| qnet.forward_fq(x));
-    let int_net = qnet.to_integer()?;
-    let int = predict(test, batch_size, |x| int_net.forward(x));
-    Ok(QuantAccuracy {
+) -> Result<ModeResult, QuantError> {
+    let qnet = freeze(qnet.clone())?;
+    let fq = predict(test, batch_size, |x| qnet.logits(x, Mode::FakeQuant));
+    let int = predict(test, batch_size, |x| qnet.logits(x, Mode::Integer));
+    Ok(ModeResult {
         fake_quant: accuracy(&fq, &test.host_labels),
         integer: accuracy(&int, &test.host_labels),
         agreement: agreement(&fq, &int),

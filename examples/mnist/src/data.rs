@@ -3,8 +3,8 @@
 //! The directory comes from a flag (programs pass it to [`Mnist::load`]), else from the
 //! `BURN_QUANT_MNIST_DIR` environment variable, else from Burn's dataset cache
 //! (`$XDG_CACHE_HOME/burn-dataset/mnist` or `~/.cache/burn-dataset/mnist`), where Burn's
-//! `MnistDataset` downloader stores the files. With the `download` feature, missing files are
-//! fetched into that cache with Burn's downloader (`crate::download`).
+//! `MnistDataset` downloader stores the files. With the `download` feature (on by default),
+//! missing files are fetched into that cache (`crate::download`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -29,13 +29,13 @@ pub enum DataError {
         "MNIST not found: pass --data-dir DIR or set {MNIST_DIR_ENV}=DIR to a directory holding the \
          four IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], \
          t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]); the download cache {cache} \
-         has no copy (build with `--features download` to fetch it there)"
+         has no copy (build with the `download` feature to fetch it there)"
     )]
     NotFound {
         /// The cache directory that was searched.
         cache: String,
     },
-    /// Downloading into the cache failed (feature `download`).
+    /// Downloading into the cache failed.
     #[error(
         "MNIST could not be downloaded from {url} into {cache}: {reason}; without network, pass \
          --data-dir DIR or set {MNIST_DIR_ENV}=DIR to a directory holding the four IDX files"
@@ -341,7 +341,9 @@ mod tests {
     fn normalises_like_the_reference() {
         let dir = tiny_dir("norm", false);
         let mnist = Mnist::load(Some(&dir)).unwrap();
-        let (images, labels) = mnist.test.to_tensors(&crate::default_device().unwrap());
+        let (images, labels) = mnist
+            .test
+            .to_tensors(&burn_quant::default_device().unwrap());
         assert_eq!(images.dims(), [2, 1, 28, 28]);
         assert_eq!(labels.dims(), [2]);
         let v = images.into_data().try_to_vec::<f32>().unwrap();

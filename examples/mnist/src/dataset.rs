@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::mnist::MnistSplit;
+use crate::data::MnistSplit;
 
 /// Images `[n, c, h, w]` and labels `[n]` on one device, plus the labels on the host.
 #[derive(Debug, Clone)]

@@ -2,21 +2,25 @@
 //! print float / fake-quant / integer-engine accuracy per bit width.
 //!
 //! ```sh
-//! cargo run --release --example mnist -- --data-dir ../shared/data/mnist --bits 4,8
-//! BURN_QUANT_DEVICE=wgpu cargo run --release --features wgpu --example mnist -- --bits 8
+//! cargo run --release -p burn-quant-mnist -- --bits 4,8
+//! BURN_QUANT_DEVICE=wgpu cargo run --release -p burn-quant-mnist --features wgpu -- --bits 8
 //! ```
 //!
-//! With `--json`, one JSON object per finished step is also printed on a line starting with
-//! `RESULT ` (the sweep in `cargo xtask sweep` reads them).
+//! MNIST is read from `--data-dir`, else `BURN_QUANT_MNIST_DIR`, else the download cache,
+//! where it is fetched on first use. With `--messages`, progress and results are also printed
+//! as typed [`WorkerMessage`] lines (what `cargo xtask sweep` reads).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn_quant::experiment::{self, PipelineConfig, QuantAccuracy};
-use burn_quant::mnist::Mnist;
-use burn_quant::models::{FloatModel, Net, NetBN};
-use burn_quant::train::{Progress, TrainConfig};
-use burn_quant::{Dataset, default_backend};
+use burn_quant::backend::default_backend;
+use burn_quant::nn::QConfig;
+use burn_quant_mnist::Dataset;
+use burn_quant_mnist::data::Mnist;
+use burn_quant_mnist::experiment::{self, PipelineConfig};
+use burn_quant_mnist::models::{MnistModel, Net, NetBN};
+use burn_quant_mnist::protocol::{Method, WorkerMessage, parse_bits};
+use burn_quant_mnist::train::{Progress, TrainConfig};
 use clap::Parser;
 
 /// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
@@ -32,7 +36,7 @@ struct Args {
     data_dir: Option<PathBuf>,
     /// Bit widths, e.g. `4,8` or `1-8`.
     #[arg(long, default_value = "1-8", value_parser = parse_bits)]
-    bits: BitList,
+    bits: Vec<u32>,
     /// Float training epochs.
     #[arg(long, default_value_t = 15)]
     epochs: usize,
@@ -77,9 +81,9 @@ struct Args {
     /// Model: `net` (the article's) or `netbn` (with BatchNorm, folded when quantized).
     #[arg(long, default_value = "net", value_parser = ["net", "netbn"])]
     model: String,
-    /// Print machine-readable `RESULT {json}` lines.
+    /// Also print progress and results as typed message lines (for `cargo xtask sweep`).
     #[arg(long)]
-    json: bool,
+    messages: bool,
 }
 
 /// An EMA momentum: the weight of each new batch, in (0, 1].
@@ -92,35 +96,19 @@ fn parse_momentum(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A list of bit widths.
-#[derive(Debug, Clone)]
-struct BitList(Vec<u32>);
-
-fn parse_bits(s: &str) -> Result<BitList, String> {
-    let mut out = Vec::new();
-    for part in s.split(',') {
-        let part = part.trim();
-        let (lo, hi) = match part.split_once(['-', '.']) {
-            Some((lo, hi)) => (lo, hi.trim_start_matches('.')),
-            None => (part, part),
-        };
-        let lo: u32 = lo.parse().map_err(|_| format!("bad bit width `{part}`"))?;
-        let hi: u32 = hi.parse().map_err(|_| format!("bad bit width `{part}`"))?;
-        burn_quant::QuantScheme::affine(lo).map_err(|e| e.to_string())?;
-        burn_quant::QuantScheme::affine(hi).map_err(|e| e.to_string())?;
-        out.extend(lo..=hi);
-    }
-    Ok(BitList(out))
-}
-
-/// A progress line per 10 % of a phase, with an ETA; with `--json`, a `PROGRESS phase done
-/// total` line per batch on stderr instead (for the sweep's progress bars).
-fn reporter(phase: &'static str, json: bool) -> impl FnMut(Progress) {
+/// A progress line per 10 % of a phase, with an ETA; with `--messages`, a progress message per
+/// batch on stdout instead (for the sweep's progress bars).
+fn reporter(phase: &'static str, messages: bool) -> impl FnMut(Progress) {
     let start = Instant::now();
     let mut shown = 0;
     move |p: Progress| {
-        if json {
-            eprintln!("PROGRESS {phase} {} {}", p.done, p.total);
+        if messages {
+            let (done, total) = (p.done as u64, p.total as u64);
+            let phase = phase.to_string();
+            println!(
+                "{}",
+                WorkerMessage::Progress { phase, done, total }.to_line()
+            );
             return;
         }
         if let Some(loss) = p.epoch_loss {
@@ -139,15 +127,10 @@ fn reporter(phase: &'static str, json: bool) -> impl FnMut(Progress) {
     }
 }
 
-fn emit(args: &Args, value: serde_json::Value) {
-    if args.json {
-        println!("RESULT {value}");
+fn emit(args: &Args, message: WorkerMessage) {
+    if args.messages {
+        println!("{}", message.to_line());
     }
-}
-
-fn row(bits: u32, mode: &str, r: &QuantAccuracy, secs: f64) -> serde_json::Value {
-    serde_json::json!({"bits": bits, "mode": mode, "fake_quant": r.fake_quant,
-        "integer": r.integer, "agreement": r.agreement, "seconds": secs})
 }
 
 fn main() {
@@ -158,7 +141,7 @@ fn main() {
     }
 }
 
-fn run<M: FloatModel>(args: &Args) {
+fn run<M: MnistModel>(args: &Args) {
     let backend = default_backend().unwrap_or_else(|e| fail(e));
     let device = backend.device();
     eprintln!("backend: {}", backend.name());
@@ -185,7 +168,8 @@ fn run<M: FloatModel>(args: &Args) {
     let net = match &args.checkpoint {
         Some(path) if path.exists() => {
             eprintln!("loading float model from {}", path.display());
-            M::init(&device)
+            let qconfig = QConfig::reference(8).unwrap_or_else(|e| fail(e));
+            M::new(&qconfig, &device)
                 .try_load_file(path)
                 .unwrap_or_else(|e| fail(format!("cannot load {}: {e}", path.display())))
         }
@@ -196,7 +180,7 @@ fn run<M: FloatModel>(args: &Args) {
                 &train_set,
                 &float_config,
                 &device,
-                &mut reporter("float", args.json),
+                &mut reporter("float", args.messages),
             );
             if let Some(path) = &args.checkpoint {
                 net.clone()
@@ -211,7 +195,11 @@ fn run<M: FloatModel>(args: &Args) {
     println!("float accuracy: {:.2} %", 100.0 * float_acc);
     emit(
         args,
-        serde_json::json!({"mode": "float", "accuracy": float_acc, "seconds": float_secs, "trained": trained}),
+        WorkerMessage::Float {
+            accuracy: float_acc,
+            seconds: float_secs,
+            trained,
+        },
     );
 
     let pipeline = PipelineConfig {
@@ -231,8 +219,9 @@ fn run<M: FloatModel>(args: &Args) {
         "{:>4}  {:>4}  {:>10}  {:>8}  {:>9}",
         "bits", "mode", "fake-quant", "integer", "agreement"
     );
-    for &bits in &args.bits.0 {
-        for mode in ["ptq", "qat"] {
+    for &bits in &args.bits {
+        for method in Method::BOTH {
+            let mode = method.name();
             if args.only.as_deref().is_some_and(|only| only != mode) {
                 continue;
             }
@@ -244,7 +233,7 @@ fn run<M: FloatModel>(args: &Args) {
                     &train_set,
                     &test_set,
                     &pipeline,
-                    &mut reporter("ptq", args.json),
+                    &mut reporter("ptq", args.messages),
                 )
             } else {
                 experiment::qat(
@@ -253,18 +242,26 @@ fn run<M: FloatModel>(args: &Args) {
                     &train_set,
                     &test_set,
                     &pipeline,
-                    &mut reporter("qat", args.json),
+                    &mut reporter("qat", args.messages),
                 )
             };
-            let (_, r) = result.unwrap_or_else(|e| fail(e));
+            let (_, result) = result.unwrap_or_else(|e| fail(e));
             let secs = start.elapsed().as_secs_f64();
             println!(
                 "{bits:>4}  {mode:>4}  {:>9.2}%  {:>7.2}%  {:>8.2}%   ({secs:.0}s)",
-                100.0 * r.fake_quant,
-                100.0 * r.integer,
-                100.0 * r.agreement
+                100.0 * result.fake_quant,
+                100.0 * result.integer,
+                100.0 * result.agreement
             );
-            emit(args, row(bits, mode, &r, secs));
+            emit(
+                args,
+                WorkerMessage::Quantized {
+                    bits,
+                    method,
+                    result,
+                    seconds: secs,
+                },
+            );
         }
     }
 }

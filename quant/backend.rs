@@ -1,4 +1,5 @@
-//! Picks the [`Device`] from the enabled backend features, so that programs never hard-code one.
+//! Picks the [`Device`] from the enabled backend features (`BURN_QUANT_DEVICE` selects one by
+//! name), so that programs and tests never hard-code one.
 
 use burn::tensor::Device;
 

@@ -9,15 +9,18 @@
 //! accuracy targets, which need a well-trained model, only at full size.
 //! `BURN_QUANT_TEST_SCALE=full|reduced` overrides the choice.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::sync::OnceLock;
 
-use burn_quant::experiment::{self, PipelineConfig};
-use burn_quant::mnist::Mnist;
-use burn_quant::models::{FloatModel, IntegerModel, Net, NetBN, QuantizedModel};
-use burn_quant::train::TrainConfig;
-use burn_quant::{BackendKind, Dataset, default_backend, dequantize};
+use burn_quant::backend::{BackendKind, default_backend};
+use burn_quant::nn::{Mode, QTensor};
+use burn_quant_mnist::Dataset;
+use burn_quant_mnist::data::Mnist;
+use burn_quant_mnist::experiment::{self, PipelineConfig};
+use burn_quant_mnist::models::{MnistModel, Net, NetBN};
+use burn_quant_mnist::train::TrainConfig;
 use common::{device, to_vec};
 
 struct Fixture<M> {
@@ -40,7 +43,7 @@ fn full_scale() -> bool {
 }
 
 /// MNIST and a float model trained on it for `epochs` on `train_images` (full scale).
-fn build<M: FloatModel>(train_images: usize, epochs: usize) -> Fixture<M> {
+fn build<M: MnistModel>(train_images: usize, epochs: usize) -> Fixture<M> {
     let mnist = Mnist::load(None).expect("set BURN_QUANT_MNIST_DIR to the MNIST directory");
     let full = full_scale();
     let (train_images, test_images, epochs) = if full {
@@ -86,9 +89,9 @@ fn skip_unless_full<M>(f: &Fixture<M>, what: &str) -> bool {
     !f.full
 }
 
-/// Per layer: bit-exact evaluation equals the engine, float evaluation is within one LSB;
-/// the same prediction on at least 99.9 % of the test images, at 4 to 8 bits.
-fn engine_agrees_with_fake_quant<M: FloatModel>(f: &Fixture<M>) {
+/// Logits: bit-exact evaluation equals the engine, float evaluation is within one LSB; the
+/// same prediction on at least 99.9 % of the test images, at 4 to 8 bits.
+fn engine_agrees_with_fake_quant<M: MnistModel>(f: &Fixture<M>) {
     let exact = PipelineConfig::reference();
     assert!(exact.quantize_bias && exact.exact_eval);
     let float_eval = PipelineConfig {
@@ -102,26 +105,18 @@ fn engine_agrees_with_fake_quant<M: FloatModel>(f: &Fixture<M>) {
         host_labels: f.test.host_labels[..n].to_vec(),
     };
     let (x, _) = test.range(0, 100);
-    // The largest per-layer difference in LSBs between the fake-quantized and integer outputs.
-    let max_lsb = |qnet: &M::Quantized| -> Vec<f32> {
-        let fq_layers = qnet.forward_fq_layers(x.clone());
-        let int_layers = qnet.to_integer().unwrap().forward_layers(x.clone());
-        fq_layers
-            .into_iter()
-            .zip(int_layers)
-            .map(|(fq, q)| {
-                let qparams = fq.qparams.expect("quantized output");
-                let scale = qparams.to_host().0[0];
-                to_vec((fq.tensor - dequantize(q, &qparams)).abs().max())[0] / scale
-            })
-            .collect()
+    // The largest difference in LSBs between the fake-quantized and integer logits.
+    let max_lsb = |qnet: &M| -> f32 {
+        let fake = qnet.forward(QTensor::new(x.clone(), Mode::FakeQuant));
+        let int = qnet.forward(QTensor::new(x.clone(), Mode::Integer));
+        let scale = fake.grid().expect("quantized logits").to_host().0[0];
+        to_vec((fake.dequantize() - int.dequantize()).abs().max())[0] / scale
     };
     for bits in 4..=8 {
         let (qnet, result) =
             experiment::ptq(&f.net, bits, &f.train, &test, &exact, &mut |_| {}).unwrap();
-        for (layer, lsb) in max_lsb(&qnet).into_iter().enumerate() {
-            assert!(lsb <= 1e-3, "{bits} bits, layer {layer}: {lsb} LSB");
-        }
+        let lsb = max_lsb(&qnet);
+        assert!(lsb <= 1e-3, "{bits} bits: {lsb} LSB");
         assert!(
             result.agreement >= 0.999,
             "{bits} bits: agreement {}",
@@ -130,12 +125,8 @@ fn engine_agrees_with_fake_quant<M: FloatModel>(f: &Fixture<M>) {
     }
     // Float evaluation of the same calibration: at most one LSB apart (ties round apart).
     let (qnet, _) = experiment::ptq(&f.net, 4, &f.train, &test, &float_eval, &mut |_| {}).unwrap();
-    for (layer, lsb) in max_lsb(&qnet).into_iter().enumerate() {
-        assert!(
-            lsb <= 1.0 + 1e-3,
-            "float evaluation, layer {layer}: {lsb} LSB"
-        );
-    }
+    let lsb = max_lsb(&qnet);
+    assert!(lsb <= 1.0 + 1e-3, "float evaluation: {lsb} LSB");
 }
 
 #[test]
@@ -148,7 +139,7 @@ fn integer_engine_agrees_with_fake_quant_net_bn() {
     engine_agrees_with_fake_quant(net_bn());
 }
 
-fn ptq_8_bits_within_0_3_points<M: FloatModel>(f: &Fixture<M>) {
+fn ptq_8_bits_within_0_3_points<M: MnistModel>(f: &Fixture<M>) {
     let config = PipelineConfig::reference();
     let (_, result) = experiment::ptq(&f.net, 8, &f.train, &f.test, &config, &mut |_| {}).unwrap();
     if !skip_unless_full(f, "8-bit PTQ within 0.3 pt of float") {
