@@ -224,12 +224,14 @@ pub fn build_worker(features: &str) -> Result<PathBuf> {
         .context("cargo built no `mnist` executable")
 }
 
-/// The executable of the worker among cargo's JSON build messages.
+/// The executable of the worker among cargo's JSON build messages (the binary itself, not
+/// its test harness, which `--tests` builds too).
 fn worker_executable(messages: &str) -> Option<PathBuf> {
     messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == WORKER_BIN)
+        .filter(|m| m["profile"]["test"] == false)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
@@ -405,7 +407,8 @@ mod tests {
         let messages = [
             r#"{"reason":"compiler-artifact","target":{"name":"burn_quant"},"executable":null}"#,
             "not json",
-            r#"{"reason":"compiler-artifact","target":{"name":"mnist"},"executable":"/t/mnist"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"mnist"},"profile":{"test":true},"executable":"/t/deps/mnist-1"}"#,
+            r#"{"reason":"compiler-artifact","target":{"name":"mnist"},"profile":{"test":false},"executable":"/t/mnist"}"#,
             r#"{"reason":"build-finished","success":true}"#,
         ]
         .join("\n");

@@ -35,8 +35,8 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Bit widths, e.g. `4,8` or `1-8`.
-    #[arg(long, default_value = "1-8", value_parser = parse_bits)]
-    bits: Vec<u32>,
+    #[arg(long, default_value = "1-8", value_parser = bit_list)]
+    bits: BitList,
     /// Float training epochs.
     #[arg(long, default_value_t = 15)]
     epochs: usize,
@@ -84,6 +84,14 @@ struct Args {
     /// Also print progress and results as typed message lines (for `cargo xtask sweep`).
     #[arg(long)]
     messages: bool,
+}
+
+/// Bit widths (a newtype: clap reads a bare `Vec` as a repeated option).
+#[derive(Debug, Clone)]
+struct BitList(Vec<u32>);
+
+fn bit_list(s: &str) -> Result<BitList, String> {
+    parse_bits(s).map(BitList)
 }
 
 /// An EMA momentum: the weight of each new batch, in (0, 1].
@@ -219,7 +227,7 @@ fn run<M: MnistModel>(args: &Args) {
         "{:>4}  {:>4}  {:>10}  {:>8}  {:>9}",
         "bits", "mode", "fake-quant", "integer", "agreement"
     );
-    for &bits in &args.bits {
+    for &bits in &args.bits.0 {
         for method in Method::BOTH {
             let mode = method.name();
             if args.only.as_deref().is_some_and(|only| only != mode) {
