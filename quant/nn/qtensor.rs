@@ -99,14 +99,6 @@ impl<const D: usize> QTensor<D> {
         }
     }
 
-    /// The same mode, other values.
-    pub fn with_value<const D2: usize>(&self, value: QValue<D2>) -> QTensor<D2> {
-        QTensor {
-            value,
-            mode: self.mode,
-        }
-    }
-
     /// The grid of the values (`None` for real values).
     pub fn grid(&self) -> Option<&QParams> {
         match &self.value {
