@@ -48,6 +48,17 @@ pub enum QuantError {
         /// What Burn's loader reported.
         reason: String,
     },
+    /// A layer's configuration cannot be built (e.g. channels not divisible by the groups).
+    #[error("{layer}: {reason}")]
+    InvalidLayerConfig {
+        /// The layer, e.g. `QConv2d [8 -> 16, kernel [3, 3], groups 3]`.
+        layer: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A quantization setting is out of its domain.
+    #[error("invalid quantization setting: {0}")]
+    InvalidSetting(String),
     /// A module has no tensors, hence no device.
     #[error("the module holds no tensors and so has no device")]
     NoDevice,

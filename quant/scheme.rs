@@ -1,5 +1,7 @@
 //! How a tensor is quantized: bit width, signedness, affine or symmetric, granularity.
 
+use burn::serde::{Deserialize, Serialize};
+
 use crate::QuantError;
 
 /// Smallest supported bit width.
@@ -8,7 +10,8 @@ pub const MIN_BITS: u32 = 1;
 pub const MAX_BITS: u32 = 16;
 
 /// Whether the integer grid is signed (`[-2^(b-1), 2^(b-1)-1]`) or unsigned (`[0, 2^b-1]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(crate = "burn::serde")]
 pub enum Signedness {
     /// `[0, 2^b - 1]`, the reference's choice for weights and activations.
     Unsigned,
@@ -18,7 +21,8 @@ pub enum Signedness {
 
 /// How the real range is mapped onto the integer grid (Burn's own `QuantMode` has no affine
 /// mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(crate = "burn::serde")]
 pub enum QMode {
     /// Scale and zero point from `[min, max]` (Jacob et al. 2018).
     Affine,
@@ -28,7 +32,8 @@ pub enum QMode {
 }
 
 /// One set of quantization parameters for the whole tensor, or one per channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(crate = "burn::serde")]
 pub enum Granularity {
     /// A single scale and zero point.
     PerTensor,
@@ -54,12 +59,33 @@ pub enum Granularity {
 /// assert_eq!(signed.signedness(), Signedness::Signed);
 /// assert!(QScheme::affine(0).is_err());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// It serializes as its fields; deserializing checks the bit width as [`QScheme::new`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(crate = "burn::serde", try_from = "UncheckedQScheme")]
 pub struct QScheme {
     bits: u32,
     signedness: Signedness,
     mode: QMode,
     granularity: Granularity,
+}
+
+/// The serialized fields of a [`QScheme`], before the bit width is checked.
+#[derive(Deserialize)]
+#[serde(crate = "burn::serde")]
+struct UncheckedQScheme {
+    bits: u32,
+    signedness: Signedness,
+    mode: QMode,
+    granularity: Granularity,
+}
+
+impl TryFrom<UncheckedQScheme> for QScheme {
+    type Error = QuantError;
+
+    fn try_from(s: UncheckedQScheme) -> Result<Self, QuantError> {
+        Self::new(s.bits, s.signedness, s.mode, s.granularity)
+    }
 }
 
 impl QScheme {

@@ -5,11 +5,16 @@
 
 mod common;
 
+use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
+use burn::nn::pool::MaxPool2dConfig;
 use burn::nn::{LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use burn_quant::nn::{Mode, QAdd, QAvgPool2d, QConfig, QConv2d, QLinear, QReLU, QTensor};
+use burn_quant::nn::{
+    Mode, QAdd, QAddConfig, QAvgPool2d, QConfig, QConv2d, QConv2dConfig, QLinear, QLinearConfig,
+    QMaxPool2d, QReLU, QTensor,
+};
 use burn_quant::{QuantError, freeze};
 use common::{device, to_vec};
 
@@ -20,6 +25,7 @@ fn ints<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
 #[derive(Module, Debug)]
 struct ResBlock {
     stem: QConv2d,
+    stem_pool: QMaxPool2d,
     conv1: QConv2d,
     conv2: QConv2d,
     down: QConv2d,
@@ -29,39 +35,65 @@ struct ResBlock {
     fc: QLinear,
 }
 
-impl ResBlock {
-    fn new(qconfig: &QConfig, global_pool: bool, device: &Device) -> Self {
+/// The block's settings: saved as JSON next to its weights.
+#[derive(Config, Debug)]
+struct ResBlockConfig {
+    convs: Vec<QConv2dConfig>,
+    stem_pool: MaxPool2dConfig,
+    add: QAddConfig,
+    fc: QLinearConfig,
+    global_pool: bool,
+}
+
+impl ResBlockConfig {
+    fn with_qconfig(qconfig: QConfig, global_pool: bool) -> Self {
         let conv = |c_in, c_out, k, stride, pad| {
             let conv = Conv2dConfig::new([c_in, c_out], [k, k])
                 .with_stride([stride, stride])
-                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-                .init(device);
-            QConv2d::new(conv, qconfig, false)
+                .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad));
+            QConv2dConfig::new(conv, qconfig)
         };
-        let (pool, features) = match global_pool {
-            true => (QAvgPool2d::global(), 8),
-            false => (QAvgPool2d::new(2), 8 * 2 * 2),
-        };
-        Self {
-            stem: QConv2d::new(
-                Conv2dConfig::new([3, 4], [3, 3])
-                    .with_padding(PaddingConfig2d::Same)
-                    .init(device),
-                qconfig,
-                true,
-            ),
-            conv1: conv(4, 8, 3, 2, 1),
-            conv2: conv(8, 8, 3, 1, 1),
-            down: conv(4, 8, 1, 2, 0),
-            relu: QReLU::new(),
-            add: QAdd::new(qconfig, device),
-            pool,
-            fc: QLinear::new(LinearConfig::new(features, 5).init(device), qconfig, false),
-        }
+        let stem = Conv2dConfig::new([3, 4], [3, 3]).with_padding(PaddingConfig2d::Same);
+        Self::new(
+            vec![
+                QConv2dConfig::new(stem, qconfig).with_observe_input(true),
+                conv(4, 8, 3, 2, 1),
+                conv(8, 8, 3, 1, 1),
+                conv(4, 8, 1, 2, 0),
+            ],
+            MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            QAddConfig::new(qconfig),
+            // 9x9 input -> stem 9x9 -> max-pool 5x5 -> block 3x3 -> pool 1x1.
+            QLinearConfig::new(LinearConfig::new(8, 5), qconfig),
+            global_pool,
+        )
     }
 
+    fn init(&self, device: &Device) -> Result<ResBlock, QuantError> {
+        let [stem, conv1, conv2, down] = [0, 1, 2, 3].map(|i| self.convs[i].init(device));
+        Ok(ResBlock {
+            stem: stem?,
+            stem_pool: self.stem_pool.init().into(),
+            conv1: conv1?,
+            conv2: conv2?,
+            down: down?,
+            relu: QReLU::new(),
+            add: self.add.init(device)?,
+            pool: match self.global_pool {
+                true => QAvgPool2d::global(),
+                false => QAvgPool2d::new(2),
+            },
+            fc: self.fc.init(device)?,
+        })
+    }
+}
+
+impl ResBlock {
     fn forward(&self, x: QTensor<4>) -> QTensor<2> {
         let x = self.relu.forward(self.stem.forward(x));
+        let x = self.stem_pool.forward(x);
         let y = self
             .conv2
             .forward(self.relu.forward(self.conv1.forward(x.clone())));
@@ -74,12 +106,16 @@ fn batch(device: &Device) -> Tensor<4> {
     Tensor::<4>::random([8, 3, 9, 9], Distribution::Normal(0.0, 1.0), device)
 }
 
-fn calibrated(bits: u32, global_pool: bool, device: &Device) -> ResBlock {
+fn config(bits: u32, global_pool: bool) -> ResBlockConfig {
     let qconfig = QConfig::reference(bits)
         .unwrap()
         .with_quantize_bias(true)
         .with_exact_eval(true);
-    let model = ResBlock::new(&qconfig, global_pool, device);
+    ResBlockConfig::with_qconfig(qconfig, global_pool)
+}
+
+fn calibrated(bits: u32, global_pool: bool, device: &Device) -> ResBlock {
+    let model = config(bits, global_pool).init(device).unwrap();
     for _ in 0..3 {
         let _ = model.forward(QTensor::new(batch(device), Mode::FakeQuant));
     }
@@ -111,7 +147,7 @@ fn one_forward_is_bit_exact_on_the_integer_engine() {
 }
 
 #[test]
-fn the_calibrated_model_round_trips_through_a_file() {
+fn the_calibrated_model_and_its_config_round_trip_through_files() {
     let device = device();
     let model = calibrated(4, true, &device);
     let x = batch(&device);
@@ -122,32 +158,67 @@ fn the_calibrated_model_round_trips_through_a_file() {
     );
     let dir = std::env::temp_dir().join(format!("burn-quant-res-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("model.bpk");
+    let (path, json) = (dir.join("model.bpk"), dir.join("model.json"));
     model.save_file(&path).unwrap();
-    let qconfig = QConfig::reference(4)
-        .unwrap()
-        .with_quantize_bias(true)
-        .with_exact_eval(true);
-    let fresh = ResBlock::new(&qconfig, true, &device);
+    config(4, true).save(&json).unwrap();
+    // Settings from the JSON, weights and observer ranges from the record.
+    let loaded_config = ResBlockConfig::load(&json).unwrap();
+    assert_eq!(
+        loaded_config.convs[1].qconfig,
+        config(4, true).convs[1].qconfig
+    );
+    let fresh = loaded_config.init(&device).unwrap();
     let loaded = freeze(fresh.try_load_file(&path).unwrap()).unwrap();
     let got = to_vec(loaded.forward(QTensor::new(x, Mode::Integer)).dequantize());
     assert_eq!(got, expected);
     // A corrupt file is an error, not a panic.
     std::fs::write(&path, b"not a burnpack file").unwrap();
-    let fresh = ResBlock::new(&qconfig, true, &device);
+    let fresh = loaded_config.init(&device).unwrap();
     assert!(fresh.try_load_file(&path).is_err());
+    // A record of a model with other sizes is an error too.
+    let other = ResBlockConfig::with_qconfig(QConfig::reference(4).unwrap(), true);
+    let other = ResBlockConfig {
+        fc: QLinearConfig::new(LinearConfig::new(8, 7), other.add.qconfig),
+        ..other
+    };
+    other.init(&device).unwrap().save_file(&path).unwrap();
+    let fresh = loaded_config.init(&device).unwrap();
+    assert!(fresh.try_load_file(&path).is_err());
+    // A broken config file is an error naming the problem.
+    std::fs::write(&json, "{").unwrap();
+    assert!(ResBlockConfig::load(&json).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn freezing_an_uncalibrated_model_names_the_observer() {
     let device = device();
-    let qconfig = QConfig::reference(8).unwrap();
-    let model = ResBlock::new(&qconfig, true, &device);
+    let model = config(8, true).init(&device).unwrap();
     match freeze(model) {
         Err(QuantError::UncalibratedObserver { path }) => {
             assert!(path.starts_with("stem"), "{path}")
         }
         other => panic!("expected an uncalibrated observer, got {other:?}"),
     }
+}
+
+#[test]
+fn an_invalid_layer_config_is_an_error_naming_the_layer() {
+    let qconfig = QConfig::reference(8).unwrap();
+    let mut config = ResBlockConfig::with_qconfig(qconfig, true);
+    config.convs[2].conv.groups = 3;
+    match config.init(&device()) {
+        Err(e @ QuantError::InvalidLayerConfig { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("QConv2d [8 -> 8"), "{message}");
+            assert!(message.contains("groups"), "{message}");
+        }
+        other => panic!("expected an invalid layer config, got {other:?}"),
+    }
+    config.convs[2].conv.groups = 1;
+    config.fc.qconfig = qconfig.with_ema_momentum(Some(0.0));
+    assert!(matches!(
+        config.init(&device()),
+        Err(QuantError::InvalidSetting(_))
+    ));
 }

@@ -94,7 +94,10 @@ pub(crate) fn broadcast_channels<B: Backend>(
 }
 
 /// Which gradient the straight-through estimator lets through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, burn::serde::Serialize, burn::serde::Deserialize,
+)]
+#[serde(crate = "burn::serde")]
 pub enum Ste {
     /// The gradient passes unchanged (the reference's `FakeQuantize`).
     #[default]

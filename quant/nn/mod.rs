@@ -17,12 +17,12 @@ mod qtensor;
 mod quantized;
 
 pub use layer_observers::{FrozenWeights, LayerObservers};
-pub use qadd::QAdd;
+pub use qadd::{QAdd, QAddConfig};
 pub use qavg_pool::QAvgPool2d;
 pub use qconfig::QConfig;
-pub use qconv_bn::{QConvBn, QConvBnReLU};
-pub use qconv2d::QConv2d;
-pub use qlinear::QLinear;
+pub use qconv_bn::{QConvBn, QConvBnConfig, QConvBnReLU};
+pub use qconv2d::{QConv2d, QConv2dConfig};
+pub use qlinear::{QLinear, QLinearConfig};
 pub use qmaxpool2d::QMaxPool2d;
 pub use qrelu::QReLU;
 pub use qtensor::{Mode, QTensor, QValue};

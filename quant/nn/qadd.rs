@@ -1,5 +1,6 @@
 //! Quantized residual addition.
 
+use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
@@ -7,6 +8,21 @@ use super::layer_observers::host_scalar;
 use super::{Mode, QConfig, QTensor, QValue, Quantized};
 use crate::engine::IntAdd;
 use crate::{MinMaxObserver, QParams, QuantError, dequantize, quantize};
+
+/// Configuration of a [`QAdd`].
+#[derive(Config, Debug)]
+pub struct QAddConfig {
+    /// The activation scheme of the sum and the observers' settings.
+    pub qconfig: QConfig,
+}
+
+impl QAddConfig {
+    /// Builds the layer on `device`; fails on an invalid setting.
+    pub fn init(&self, device: &Device) -> Result<QAdd, QuantError> {
+        self.qconfig.check()?;
+        Ok(QAdd::new(&self.qconfig, device))
+    }
+}
 
 /// `a + b` for two quantized tensors, observed and fake-quantized on its own output grid.
 /// Frozen, both inputs are requantized to the output grid ([`IntAdd`]); with

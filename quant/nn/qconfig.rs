@@ -1,10 +1,15 @@
 //! Quantization settings shared by the layers of a model.
 
+use burn::config::Config;
 use burn::tensor::Device;
 
-use crate::{MinMaxObserver, MinMaxObserverConfig, QScheme, QuantError, Ste};
+use crate::{Granularity, MinMaxObserver, MinMaxObserverConfig, QScheme, QuantError, Ste};
 
 /// How a model's layers quantize weights and activations.
+///
+/// A Burn [`Config`]: it is part of each layer's config (e.g.
+/// [`QConv2dConfig`](super::QConv2dConfig)) and is saved as JSON next to the weights with
+/// [`Config::save`].
 ///
 /// ```
 /// use burn_quant::nn::QConfig;
@@ -12,23 +17,26 @@ use crate::{MinMaxObserver, MinMaxObserverConfig, QScheme, QuantError, Ste};
 /// assert_eq!(config.activation.qmax(), 15);
 /// assert!(QConfig::reference(0).is_err());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Config, Debug, Copy, PartialEq)]
 pub struct QConfig {
     /// Scheme of activations (must be per tensor).
     pub activation: QScheme,
     /// Scheme of weights (per tensor or per output channel; the axis is set by each layer).
     pub weight: QScheme,
-    /// EMA momentum of the observers (`None`: running min/max, the reference).
+    /// EMA momentum of the observers in `(0, 1]` (`None`: running min/max, the reference).
     pub ema_momentum: Option<f64>,
     /// Straight-through estimator.
+    #[config(default = "Ste::Identity")]
     pub ste: Ste,
     /// Fake-quantize the bias on the int32 grid of scale `Si·Sw`, exactly as the integer engine
     /// stores it (the reference keeps the bias in float in the fake-quantized forward).
+    #[config(default = false)]
     pub quantize_bias: bool,
     /// Evaluate the fake-quantized forward bit-exactly as the integer engine (needs
     /// `quantize_bias`; applies without autodiff once the observers are frozen): each layer's
     /// output grid comes from the exact integer accumulator and the engine's fixed-point
     /// requantization instead of a float rounding of `y / So`.
+    #[config(default = false)]
     pub exact_eval: bool,
 }
 
@@ -37,40 +45,42 @@ impl QConfig {
     /// running min/max observers, identity STE, float bias.
     pub fn reference(bits: u32) -> Result<Self, QuantError> {
         let scheme = QScheme::affine(bits)?;
-        Ok(Self {
-            activation: scheme,
-            weight: scheme,
-            ema_momentum: None,
-            ste: Ste::Identity,
-            quantize_bias: false,
-            exact_eval: false,
-        })
+        Ok(Self::new(scheme, scheme))
     }
 
-    /// Sets whether the bias is fake-quantized.
-    pub fn with_quantize_bias(self, quantize_bias: bool) -> Self {
-        Self {
-            quantize_bias,
-            ..self
+    /// Checks the settings that [`QScheme`] does not: activations per tensor, the EMA momentum
+    /// in `(0, 1]`. Layer configs call it in their `init`.
+    ///
+    /// ```
+    /// use burn_quant::{QScheme, nn::QConfig};
+    /// let config = QConfig::reference(8).unwrap();
+    /// assert!(config.check().is_ok());
+    /// assert!(config.with_ema_momentum(Some(1.5)).check().is_err());
+    /// let per_channel = QScheme::symmetric(8).unwrap().per_channel(0);
+    /// assert!(config.with_activation(per_channel).check().is_err());
+    /// ```
+    pub fn check(&self) -> Result<(), QuantError> {
+        if self.activation.granularity() != Granularity::PerTensor {
+            return Err(QuantError::InvalidSetting(
+                "activations must be quantized per tensor".into(),
+            ));
+        }
+        match self.ema_momentum {
+            Some(m) if !(m > 0.0 && m <= 1.0) => Err(QuantError::InvalidSetting(format!(
+                "EMA momentum must be in (0, 1], got {m}"
+            ))),
+            _ => Ok(()),
         }
     }
 
-    /// Sets whether evaluation is bit-exact with the integer engine.
-    pub fn with_exact_eval(self, exact_eval: bool) -> Self {
-        Self { exact_eval, ..self }
+    /// Sets the activation scheme.
+    pub fn with_activation(self, activation: QScheme) -> Self {
+        Self { activation, ..self }
     }
 
-    /// Sets the observers' EMA momentum.
-    pub fn with_ema_momentum(self, ema_momentum: Option<f64>) -> Self {
-        Self {
-            ema_momentum,
-            ..self
-        }
-    }
-
-    /// Sets the STE.
-    pub fn with_ste(self, ste: Ste) -> Self {
-        Self { ste, ..self }
+    /// Sets the weight scheme.
+    pub fn with_weight(self, weight: QScheme) -> Self {
+        Self { weight, ..self }
     }
 
     fn observer(&self, config: MinMaxObserverConfig, device: &Device) -> MinMaxObserver {
@@ -83,19 +93,52 @@ impl QConfig {
     }
 
     /// An activation observer.
+    ///
+    /// # Panics
+    /// When the EMA momentum is outside `(0, 1]` ([`QConfig::check`] reports it as an error).
     pub fn activation_observer(&self, device: &Device) -> MinMaxObserver {
         self.observer(MinMaxObserverConfig::new(self.activation), device)
     }
 
     /// A weight observer for a weight with `channels` output channels along `axis`.
+    ///
+    /// # Panics
+    /// When the EMA momentum is outside `(0, 1]` ([`QConfig::check`] reports it as an error).
     pub fn weight_observer(&self, channels: usize, axis: usize, device: &Device) -> MinMaxObserver {
         let scheme = match self.weight.granularity() {
-            crate::Granularity::PerTensor => self.weight,
-            crate::Granularity::PerChannel { .. } => self.weight.per_channel(axis),
+            Granularity::PerTensor => self.weight,
+            Granularity::PerChannel { .. } => self.weight.per_channel(axis),
         };
         self.observer(
             MinMaxObserverConfig::new(scheme).with_channels(channels),
             device,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip() {
+        let config = QConfig::new(
+            QScheme::affine(3).unwrap(),
+            QScheme::symmetric(4).unwrap().per_channel(0),
+        )
+        .with_ema_momentum(Some(0.01))
+        .with_ste(Ste::Clipped)
+        .with_quantize_bias(true);
+        let json = config.to_string();
+        assert_eq!(QConfig::load_binary(json.as_bytes()).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_bits_in_json_are_an_error() {
+        let json = QConfig::reference(3).unwrap().to_string();
+        let bad = json.replacen("\"bits\": 3", "\"bits\": 40", 1);
+        assert_ne!(bad, json, "{json}");
+        let err = QConfig::load_binary(bad.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("40"), "{err}");
     }
 }

@@ -1,12 +1,82 @@
 //! Quantized 2-D convolution.
 
+use burn::config::Config;
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
-use burn::tensor::{Tensor, module::conv2d};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::{Device, Tensor, module::conv2d};
 
 use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::engine::{ConvGeometry, IntConv2d};
 use crate::{QParams, QuantError};
+
+/// Configuration of a [`QConv2d`]: Burn's [`Conv2dConfig`] (any stride, padding, dilation,
+/// groups) and the quantization settings, saved together with [`Config::save`].
+///
+/// ```
+/// use burn::nn::{PaddingConfig2d, conv::Conv2dConfig};
+/// use burn_quant::{default_device, nn::{QConfig, QConv2dConfig}};
+/// let device = default_device().unwrap();
+/// let q = QConfig::reference(8).unwrap();
+/// let conv = Conv2dConfig::new([3, 8], [3, 3])
+///     .with_stride([2, 2])
+///     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1));
+/// let layer = QConv2dConfig::new(conv, q).with_observe_input(true).init(&device).unwrap();
+/// assert_eq!(layer.conv.weight.dims(), [8, 3, 3, 3]);
+/// // 3 input channels do not split into 2 groups: an error, not a panic.
+/// let bad = QConv2dConfig::new(Conv2dConfig::new([3, 8], [3, 3]).with_groups(2), q);
+/// assert!(bad.init(&device).is_err());
+/// ```
+#[derive(Config, Debug)]
+pub struct QConv2dConfig {
+    /// The float convolution.
+    pub conv: Conv2dConfig,
+    /// How it is quantized.
+    pub qconfig: QConfig,
+    /// Whether the layer observes its own input (the first quantized layer of a model).
+    #[config(default = false)]
+    pub observe_input: bool,
+}
+
+impl QConv2dConfig {
+    /// Builds the layer on `device`; fails on an invalid geometry or setting.
+    pub fn init(&self, device: &Device) -> Result<QConv2d, QuantError> {
+        self.qconfig.check()?;
+        check_conv_config("QConv2d", &self.conv)?;
+        Ok(QConv2d::new(
+            self.conv.init(device),
+            &self.qconfig,
+            self.observe_input,
+        ))
+    }
+}
+
+/// Checks what Burn's [`Conv2dConfig::init`] would panic on (and zero sizes), naming `layer`.
+pub(crate) fn check_conv_config(layer: &str, conv: &Conv2dConfig) -> Result<(), QuantError> {
+    let [inputs, outputs] = conv.channels;
+    let describe = || {
+        format!(
+            "{layer} [{inputs} -> {outputs}, kernel {:?}, stride {:?}, dilation {:?}, groups {}]",
+            conv.kernel_size, conv.stride, conv.dilation, conv.groups
+        )
+    };
+    let fail = |reason: String| {
+        Err(QuantError::InvalidLayerConfig {
+            layer: describe(),
+            reason,
+        })
+    };
+    let sizes = [conv.kernel_size, conv.stride, conv.dilation];
+    if inputs == 0 || outputs == 0 || sizes.iter().flatten().any(|&s| s == 0) {
+        return fail("channels, kernel, stride and dilation must be positive".into());
+    }
+    if conv.groups == 0 || inputs % conv.groups != 0 || outputs % conv.groups != 0 {
+        return fail(format!(
+            "both channel counts must be multiples of the {} groups",
+            conv.groups
+        ));
+    }
+    Ok(())
+}
 
 /// A [`Conv2d`] with input (optional), weight and output observers.
 #[derive(Module, Debug)]

@@ -1,16 +1,74 @@
 //! Convolution + BatchNorm (+ ReLU) with the BatchNorm folded into the convolution.
 
+use burn::config::Config;
 use burn::module::Module;
-use burn::nn::BatchNorm;
-use burn::nn::conv::Conv2d;
-use burn::tensor::{Tensor, activation::relu};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig};
+use burn::tensor::{Device, Tensor, activation::relu};
 
-use super::qconv2d::conv_output;
+use super::qconv2d::{check_conv_config, conv_output};
 use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::QParams;
 use crate::QuantError;
 use crate::engine::{IntConv2d, int_relu};
 use crate::observer::commit;
+
+/// Configuration of a [`QConvBn`]: Burn's [`Conv2dConfig`] and [`BatchNormConfig`], whether a
+/// ReLU follows, and the quantization settings.
+///
+/// ```
+/// use burn::nn::{BatchNormConfig, conv::Conv2dConfig};
+/// use burn_quant::{default_device, nn::{QConfig, QConvBnConfig}};
+/// let device = default_device().unwrap();
+/// let q = QConfig::reference(8).unwrap();
+/// let conv = Conv2dConfig::new([1, 8], [3, 3]);
+/// let layer = QConvBnConfig::new(conv.clone(), BatchNormConfig::new(8), q).with_relu(true);
+/// assert!(layer.init(&device).is_ok());
+/// // The BatchNorm must have one feature per output channel.
+/// assert!(QConvBnConfig::new(conv, BatchNormConfig::new(4), q).init(&device).is_err());
+/// ```
+#[derive(Config, Debug)]
+pub struct QConvBnConfig {
+    /// The float convolution.
+    pub conv: Conv2dConfig,
+    /// The BatchNorm folded into it.
+    pub bn: BatchNormConfig,
+    /// How it is quantized.
+    pub qconfig: QConfig,
+    /// Whether a ReLU follows (fused: the output is observed after it).
+    #[config(default = false)]
+    pub relu: bool,
+    /// Whether the layer observes its own input (the first quantized layer of a model).
+    #[config(default = false)]
+    pub observe_input: bool,
+}
+
+impl QConvBnConfig {
+    /// Builds the layer on `device`; fails on an invalid geometry or setting.
+    pub fn init(&self, device: &Device) -> Result<QConvBn, QuantError> {
+        self.qconfig.check()?;
+        check_conv_config("QConvBn", &self.conv)?;
+        if self.bn.num_features != self.conv.channels[1] {
+            return Err(QuantError::InvalidLayerConfig {
+                layer: format!(
+                    "QConvBn [{} -> {}]",
+                    self.conv.channels[0], self.conv.channels[1]
+                ),
+                reason: format!(
+                    "the BatchNorm has {} features for {} output channels",
+                    self.bn.num_features, self.conv.channels[1]
+                ),
+            });
+        }
+        Ok(QConvBn::new(
+            self.conv.init(device),
+            self.bn.init(device),
+            &self.qconfig,
+            self.observe_input,
+            self.relu,
+        ))
+    }
+}
 
 /// A [`Conv2d`] followed by a [`BatchNorm`] (and a ReLU when built with `relu`), quantized as
 /// one layer: with `σ = sqrt(var + eps)` the weight is folded to `W·γ/σ` per output channel

@@ -1,12 +1,54 @@
 //! Quantized fully connected layer.
 
+use burn::config::Config;
 use burn::module::Module;
-use burn::nn::Linear;
-use burn::tensor::{Tensor, module::linear};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Tensor, module::linear};
 
 use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::engine::IntLinear;
 use crate::{QParams, QuantError};
+
+/// Configuration of a [`QLinear`]: Burn's [`LinearConfig`] and the quantization settings.
+///
+/// ```
+/// use burn::nn::LinearConfig;
+/// use burn_quant::{default_device, nn::{QConfig, QLinearConfig}};
+/// let device = default_device().unwrap();
+/// let config = QLinearConfig::new(LinearConfig::new(16, 10), QConfig::reference(4).unwrap());
+/// assert_eq!(config.init(&device).unwrap().linear.weight.dims(), [16, 10]);
+/// ```
+#[derive(Config, Debug)]
+pub struct QLinearConfig {
+    /// The float layer.
+    pub linear: LinearConfig,
+    /// How it is quantized.
+    pub qconfig: QConfig,
+    /// Whether the layer observes its own input (the first quantized layer of a model).
+    #[config(default = false)]
+    pub observe_input: bool,
+}
+
+impl QLinearConfig {
+    /// Builds the layer on `device`; fails on an invalid size or setting.
+    pub fn init(&self, device: &Device) -> Result<QLinear, QuantError> {
+        self.qconfig.check()?;
+        if self.linear.d_input == 0 || self.linear.d_output == 0 {
+            return Err(QuantError::InvalidLayerConfig {
+                layer: format!(
+                    "QLinear [{} -> {}]",
+                    self.linear.d_input, self.linear.d_output
+                ),
+                reason: "sizes must be positive".into(),
+            });
+        }
+        Ok(QLinear::new(
+            self.linear.init(device),
+            &self.qconfig,
+            self.observe_input,
+        ))
+    }
+}
 
 /// A [`Linear`] (row layout, weight `[in, out]`) with input (optional), weight and output
 /// observers. Per-channel weight parameters run along the output axis 1.

@@ -1,40 +1,51 @@
 //! Quantized 2-D max-pooling.
 
 use burn::module::Module;
+use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::{Int, Tensor};
 
 use super::{QTensor, Quantized};
 use crate::engine::int_max_pool2d;
 
-/// Non-overlapping max-pooling (kernel = stride): monotone, so it keeps the grid and is exact
-/// on integers.
+/// Max-pooling of any geometry (Burn's [`MaxPool2d`]: kernel, stride, padding, dilation, ceil
+/// mode). The maximum is monotone, so it keeps the grid and is exact on integers: the
+/// non-overlapping unpadded case runs a direct integer loop, every other geometry runs Burn's
+/// float max-pool on the integers, which `f32` holds exactly (at most 16 bits).
+///
+/// ```
+/// use burn::nn::{PaddingConfig2d, pool::MaxPool2dConfig};
+/// use burn_quant::nn::QMaxPool2d;
+/// let stem = MaxPool2dConfig::new([3, 3])
+///     .with_strides([2, 2])
+///     .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1));
+/// let pool = QMaxPool2d::from(stem.init());
+/// ```
 #[derive(Module, Debug)]
 pub struct QMaxPool2d {
     /// The wrapped float pooling.
     pub pool: MaxPool2d,
-    #[module(skip)]
-    kernel: usize,
+}
+
+impl From<MaxPool2d> for QMaxPool2d {
+    fn from(pool: MaxPool2d) -> Self {
+        Self { pool }
+    }
 }
 
 impl QMaxPool2d {
     /// `kernel × kernel` pooling with stride `kernel`.
     pub fn new(kernel: usize) -> Self {
-        Self {
-            pool: MaxPool2dConfig::new([kernel, kernel])
-                .with_strides([kernel, kernel])
-                .init(),
-            kernel,
-        }
+        MaxPool2dConfig::new([kernel, kernel]).init().into()
     }
 
     /// The one forward (the grid is kept).
     ///
     /// # Shapes
     /// - input: `[n, c, h, w]`
-    /// - output: `[n, c, h / kernel, w / kernel]`
+    /// - output: `[n, c, h', w']` as Burn's [`MaxPool2d`]
     pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
-        x.map_values(|t| self.pool.forward(t), |q| self.forward_int(q))
+        x.map_values(|t| self.pool.forward(t), |q, _| self.forward_int(q))
     }
 
     /// Float forward.
@@ -49,6 +60,48 @@ impl QMaxPool2d {
 
     /// Integer forward.
     pub fn forward_int(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
-        int_max_pool2d(q, self.kernel)
+        let pool = &self.pool;
+        let [kh, kw] = pool.kernel_size;
+        let direct = kh == kw
+            && pool.stride == pool.kernel_size
+            && pool.dilation == [1, 1]
+            && !pool.ceil_mode
+            && matches!(pool.padding, PaddingConfig2d::Valid);
+        match direct {
+            true => int_max_pool2d(q, kh),
+            false => pool.forward(q.float()).int(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::*;
+    use crate::default_device;
+
+    /// Every geometry: the integer forward equals the float max-pool of the same integers.
+    #[test]
+    fn integer_forward_is_exact_for_any_geometry() {
+        let device = default_device().unwrap();
+        let q =
+            Tensor::<4, Int>::random([2, 3, 9, 8], Distribution::Uniform(-300.0, 300.0), &device);
+        let configs = [
+            MaxPool2dConfig::new([2, 2]),
+            MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)),
+            MaxPool2dConfig::new([2, 3]).with_strides([1, 2]),
+            MaxPool2dConfig::new([3, 3]).with_dilation([2, 1]),
+            MaxPool2dConfig::new([2, 2]).with_ceil_mode(true),
+        ];
+        for config in configs {
+            let layer = QMaxPool2d::from(config.init());
+            let int = layer.forward_int(q.clone());
+            let float = layer.forward_float(q.clone().float());
+            assert_eq!(int.dims(), float.dims(), "{config}");
+            assert_eq!(int.float().into_data(), float.into_data(), "{config}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, activation::relu};
 
-use super::{QTensor, QValue, Quantized};
+use super::{QTensor, Quantized};
 use crate::QParams;
 use crate::engine::int_relu;
 
@@ -24,19 +24,7 @@ impl QReLU {
     /// # Shapes
     /// - input and output: any shape
     pub fn forward<const D: usize>(&self, x: QTensor<D>) -> QTensor<D> {
-        let mode = x.mode;
-        let value = match x.value {
-            QValue::Real(t) => QValue::Real(relu(t)),
-            QValue::Fake { tensor, grid } => QValue::Fake {
-                tensor: relu(tensor),
-                grid,
-            },
-            QValue::Int { q, grid } => QValue::Int {
-                q: self.forward_int(q, &grid),
-                grid,
-            },
-        };
-        QTensor { value, mode }
+        x.map_values(relu, |q, grid| self.forward_int(q, grid))
     }
 
     /// Float forward.

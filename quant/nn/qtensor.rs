@@ -120,12 +120,13 @@ impl<const D: usize> QTensor<D> {
         }
     }
 
-    /// Applies a shape or order change that moves values without computing on them
-    /// (reshape, flatten, permute, max-pooling) to whichever form the values have.
+    /// Applies an op that keeps the grid (reshape, flatten, permute, max-pooling, ReLU) to
+    /// whichever form the values have: `real` to real and fake-quantized values, `int` to the
+    /// integers and their grid.
     pub fn map_values<const D2: usize>(
         self,
         real: impl FnOnce(Tensor<D>) -> Tensor<D2>,
-        int: impl FnOnce(Tensor<D, Int>) -> Tensor<D2, Int>,
+        int: impl FnOnce(Tensor<D, Int>, &QParams) -> Tensor<D2, Int>,
     ) -> QTensor<D2> {
         let mode = self.mode;
         let value = match self.value {
@@ -134,18 +135,21 @@ impl<const D: usize> QTensor<D> {
                 tensor: real(tensor),
                 grid,
             },
-            QValue::Int { q, grid } => QValue::Int { q: int(q), grid },
+            QValue::Int { q, grid } => QValue::Int {
+                q: int(q, &grid),
+                grid,
+            },
         };
         QTensor { value, mode }
     }
 
     /// Flattens dimensions `start..=end` (the grid is kept).
     pub fn flatten<const D2: usize>(self, start: usize, end: usize) -> QTensor<D2> {
-        self.map_values(|t| t.flatten(start, end), |q| q.flatten(start, end))
+        self.map_values(|t| t.flatten(start, end), |q, _| q.flatten(start, end))
     }
 
     /// Reshapes (the grid is kept).
     pub fn reshape<const D2: usize>(self, shape: [usize; D2]) -> QTensor<D2> {
-        self.map_values(|t| t.reshape(shape), |q| q.reshape(shape))
+        self.map_values(|t| t.reshape(shape), |q, _| q.reshape(shape))
     }
 }

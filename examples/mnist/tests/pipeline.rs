@@ -1,12 +1,13 @@
 //! End to end on real MNIST (`BURN_QUANT_MNIST_DIR`): the integer engine against the
 //! fake-quantized model it was frozen from, and accuracy after PTQ and QAT.
 //!
-//! On the CPU backends (flex, ndarray) the fixtures are full size: `Net` trains for 8 epochs on
-//! the whole training set (98.5 %), `NetBN` for 1 epoch on 20,000 images. wgpu (lavapipe, a
-//! software device, in CI) runs the same tests on a reduced fixture (1 epoch on 3,200 images,
-//! 1,000 test images), which keeps the suite within CI time: the
-//! agreement of the integer engine with the fake-quantized model is checked everywhere, the
-//! accuracy targets, which need a well-trained model, only at full size.
+//! On the default CPU backend (flex) the fixtures are full size: `Net` trains for 8 epochs on
+//! the whole training set (98.5 %), `NetBN` for 1 epoch on 20,000 images. ndarray (deprecated
+//! upstream, several times slower) and wgpu (lavapipe, a software device, in CI) run the same
+//! tests on a reduced fixture (1 epoch on 3,200 images, 1,000 test images), which keeps the
+//! suite within CI time: the agreement of the integer engine with the fake-quantized model is
+//! checked on every backend, the accuracy targets, which need a well-trained model, only at
+//! full size.
 //! `BURN_QUANT_TEST_SCALE=full|reduced` overrides the choice.
 
 #[path = "../../../tests/common/mod.rs"]
@@ -35,10 +36,7 @@ fn full_scale() -> bool {
     match std::env::var("BURN_QUANT_TEST_SCALE").as_deref() {
         Ok("full") => true,
         Ok("reduced") => false,
-        _ => matches!(
-            default_backend(),
-            Ok(BackendKind::Flex | BackendKind::NdArray)
-        ),
+        _ => matches!(default_backend(), Ok(BackendKind::Flex)),
     }
 }
 
