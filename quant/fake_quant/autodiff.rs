@@ -72,7 +72,127 @@ impl<B: Backend> Backward<B, 1> for ClippedBackward {
     }
 }
 
+/// What the LSQ backward needs: the input and the step (checkpointed), the zero point and grid.
+#[derive(Debug, Clone)]
+struct LsqState<B: Backend> {
+    x: NodeId,
+    scale: NodeId,
+    zero_point: FloatTensor<B>,
+    axis: usize,
+    qmin: i32,
+    qmax: i32,
+    grad_scale: f32,
+}
+
+/// LSQ: the clipped STE for `x`, and for the step
+/// `dL/dS = g · Σ dL/dy · (round(v) − v | qmin − Z | qmax − Z)` (on the grid | below | above).
+#[derive(Debug)]
+struct LsqBackward;
+
+impl<B: Backend> Backward<B, 2> for LsqBackward {
+    type State = LsqState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [x_parent, scale_parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let state = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(state.x);
+        let step: FloatTensor<B> = checkpointer.retrieve_node_output(state.scale);
+        let step_shape = step.shape();
+        let rank = x.shape().num_dims();
+        let device = x.device();
+        let float_dtype = x.dtype();
+        let bool_dtype = get_or_init_device_settings::<B>(&device).bool_dtype;
+        let scale = broadcast_channels::<B>(step, rank, state.axis);
+        let zero_point = broadcast_channels::<B>(state.zero_point, rank, state.axis);
+        let v = B::float_div(x, scale);
+        let rounded = B::float_round(v.clone());
+        let q = B::float_add(rounded.clone(), zero_point.clone());
+        let below = B::float_lower_elem(q.clone(), (state.qmin as f32).into(), bool_dtype);
+        let above = B::float_greater_elem(q, (state.qmax as f32).into(), bool_dtype);
+        let outside = B::bool_or(below.clone(), above.clone());
+        if let Some(parent) = x_parent {
+            let masked = B::float_mask_fill(grad.clone(), outside.clone(), 0.0f32.into());
+            grads.register::<B>(parent.id, masked);
+        }
+        let Some(parent) = scale_parent else { return };
+        // (qmin − Z) and (qmax − Z), broadcast per channel.
+        let low = B::float_neg(B::float_sub_scalar(
+            zero_point.clone(),
+            (state.qmin as f32).into(),
+        ));
+        let high = B::float_neg(B::float_sub_scalar(zero_point, (state.qmax as f32).into()));
+        let to_float = |mask| B::bool_into_float(mask, float_dtype.into());
+        let inside = to_float(B::bool_not(outside));
+        let derivative = B::float_add(
+            B::float_mul(B::float_sub(rounded, v), inside),
+            B::float_add(
+                B::float_mul(to_float(below), low),
+                B::float_mul(to_float(above), high),
+            ),
+        );
+        let per_element =
+            B::float_mul_scalar(B::float_mul(grad, derivative), state.grad_scale.into());
+        let channels = step_shape.num_elements();
+        let dims: Vec<usize> = (0..rank)
+            .filter(|&d| channels == 1 || d != state.axis)
+            .collect();
+        let summed = B::float_sum_dims(per_element, &dims);
+        grads.register::<B>(parent.id, B::float_reshape(summed, step_shape));
+    }
+}
+
 impl<B: FakeQuantBackend, C: CheckpointStrategy> FakeQuantBackend for Autodiff<B, C> {
+    fn fake_quant_lsq(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        zero_point: FloatTensor<Self>,
+        axis: usize,
+        qmin: i32,
+        qmax: i32,
+        grad_scale: f32,
+    ) -> FloatTensor<Self> {
+        // The zero point is a constant: no gradient flows to it.
+        let zero_point = zero_point.into_primitive();
+        let forward =
+            |x, scale, zero_point| B::fake_quant(x, scale, zero_point, axis, qmin, qmax, true);
+        match LsqBackward
+            .prepare::<C>([x.node(), scale.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_id = prep.checkpoint(&x);
+                let scale_id = prep.checkpoint(&scale);
+                let out = forward(
+                    x.primitive().clone(),
+                    scale.primitive().clone(),
+                    zero_point.clone(),
+                );
+                let state = LsqState {
+                    x: x_id,
+                    scale: scale_id,
+                    zero_point,
+                    axis,
+                    qmin,
+                    qmax,
+                    grad_scale,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(
+                x.into_primitive(),
+                scale.into_primitive(),
+                zero_point,
+            )),
+        }
+    }
+
     fn fake_quant(
         x: FloatTensor<Self>,
         scale: FloatTensor<Self>,

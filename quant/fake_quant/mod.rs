@@ -52,6 +52,23 @@ pub trait FakeQuantBackend: Backend {
         let _ = clipped_ste;
         fake_quant_ops::<Self>(x, scale, zero_point, axis, qmin, qmax)
     }
+
+    /// [`FakeQuantBackend::fake_quant`] with a learned step size (LSQ, Esser et al. 2019):
+    /// the same forward; under autodiff the gradient reaches `scale` as well as `x` (see
+    /// [`lsq_fake_quant`]). Without autodiff it is the clipped-STE fake-quant.
+    #[fusion(dtype = x, shape = x)]
+    fn fake_quant_lsq(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        zero_point: FloatTensor<Self>,
+        axis: usize,
+        qmin: i32,
+        qmax: i32,
+        grad_scale: f32,
+    ) -> FloatTensor<Self> {
+        let _ = grad_scale;
+        Self::fake_quant(x, scale, zero_point, axis, qmin, qmax, true)
+    }
 }
 
 /// The fake-quant forward composed of backend ops (the default body of
@@ -139,6 +156,73 @@ pub fn fake_quant<const D: usize>(x: Tensor<D>, qparams: &QParams, ste: Ste) -> 
         (qparams.scheme.qmin(), qparams.scheme.qmax()),
         ste,
     )
+}
+
+/// Fake-quantizes `x` with a learned step size (LSQ, Esser et al. 2019,
+/// arXiv:1902.08153): the forward is [`fake_quant`]'s, the backward lets the gradient reach
+/// the step `qparams.scale` (a tracked tensor, e.g. a module parameter) as well as `x`.
+///
+/// With `v = x / S`, `q = round(v) + Z` and the grid `[qmin, qmax]`:
+/// - `dL/dx = dL/dy · 1[qmin <= q <= qmax]` (clipped STE);
+/// - `dL/dS = g · Σ dL/dy · (round(v) − v)` where `q` is on the grid, `(qmin − Z)` below it and
+///   `(qmax − Z)` above it, summed per channel (per tensor: over everything), where `g` is
+///   `grad_scale`, LSQ's gradient scale `1 / sqrt(N · Q_P)` ([`lsq_grad_scale`]).
+///
+/// The zero point gets no gradient.
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use burn_quant::{QParams, QScheme, default_device, lsq_fake_quant};
+/// let device = default_device().unwrap().autodiff();
+/// let scheme = QScheme::symmetric(3).unwrap(); // grid [-4, 3], zero point 0
+/// let step = Tensor::<1>::from_floats([0.5], &device).require_grad();
+/// let zero_point = Tensor::zeros([1], &device);
+/// let qparams = QParams { scale: step.clone(), zero_point, scheme };
+/// let x = Tensor::<1>::from_floats([0.3, 2.9], &device).require_grad();
+/// let y = lsq_fake_quant(x.clone(), &qparams, 1.0);
+/// assert_eq!(y.clone().into_data().to_vec::<f32>().unwrap(), vec![0.5, 1.5]);
+/// let grads = y.sum().backward();
+/// // 0.3: round(0.6) - 0.6 = 0.4; 2.9: clipped above, qmax - Z = 3.
+/// let ds = step.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap()[0];
+/// assert!((ds - 3.4).abs() < 1e-6);
+/// assert_eq!(x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(), vec![1.0, 0.0]);
+/// ```
+///
+/// # Panics
+/// When a per-channel parameter count does not match the tensor's size along the axis.
+pub fn lsq_fake_quant<const D: usize>(
+    x: Tensor<D>,
+    qparams: &QParams,
+    grad_scale: f32,
+) -> Tensor<D> {
+    let (axis, channels) = qparams.axis_and_channels();
+    if channels > 1 {
+        assert!(
+            axis < D && x.dims()[axis] == channels,
+            "lsq_fake_quant: {channels} per-channel parameters along axis {axis} do not fit a tensor of shape {:?}",
+            x.dims()
+        );
+    }
+    let out = Dispatch::fake_quant_lsq(
+        x.into_dispatch(),
+        qparams.scale.clone().into_dispatch(),
+        qparams.zero_point.clone().into_dispatch(),
+        axis,
+        qparams.scheme.qmin(),
+        qparams.scheme.qmax(),
+        grad_scale,
+    );
+    Tensor::from_dispatch(out)
+}
+
+/// LSQ's gradient scale `1 / sqrt(N · Q_P)` for a step shared by `elements` values on a grid
+/// whose largest positive level is `qmax − Z` (at least 1).
+///
+/// ```
+/// assert_eq!(burn_quant::lsq_grad_scale(4, 1), 0.5);
+/// ```
+pub fn lsq_grad_scale(elements: usize, positive_levels: i32) -> f32 {
+    1.0 / ((elements.max(1) as f64) * positive_levels.max(1) as f64).sqrt() as f32
 }
 
 /// [`fake_quant`] on an arbitrary integer grid `[qmin, qmax]` (e.g. the int32 bias grid).
