@@ -16,6 +16,6 @@ pub use backend::default_device;
 pub use error::QuantError;
 pub use fake_quant::{FakeQuantBackend, Ste, fake_quant, lsq_fake_quant, lsq_grad_scale};
 pub use freeze::freeze;
-pub use observer::{MinMaxObserver, MinMaxObserverConfig, set_observing};
+pub use observer::{LearnedStep, MinMaxObserver, MinMaxObserverConfig, set_observing};
 pub use qparams::{QParams, check_bounds, dequantize, quantize};
 pub use scheme::{Granularity, MAX_BITS, MIN_BITS, QMode, QScheme, Signedness};

@@ -1,9 +1,12 @@
-//! Range observers: running min/max (the reference's) and exponential-moving-average min/max.
+//! Range observers: running min/max (the reference's) and exponential-moving-average min/max,
+//! optionally with a learned step size (LSQ) once observing stops.
 
 use burn::module::{Flag, Module, ModuleMapper, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 
-use crate::{Granularity, QParams, QScheme, QuantError, Ste, fake_quant};
+use crate::{
+    Granularity, QParams, QScheme, QuantError, Ste, fake_quant, lsq_fake_quant, lsq_grad_scale,
+};
 
 /// Configuration of a [`MinMaxObserver`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,6 +20,8 @@ pub struct MinMaxObserverConfig {
     pub ema_momentum: Option<f64>,
     /// STE used by [`MinMaxObserver::fake_quant`].
     pub ste: Ste,
+    /// LSQ: once observing stops, the step is a trained parameter (see [`LearnedStep`]).
+    pub learned_step: bool,
 }
 
 impl MinMaxObserverConfig {
@@ -27,6 +32,15 @@ impl MinMaxObserverConfig {
             channels: 1,
             ema_momentum: None,
             ste: Ste::Identity,
+            learned_step: false,
+        }
+    }
+
+    /// Sets whether the step is learned (LSQ) once observing stops.
+    pub fn with_learned_step(self, learned_step: bool) -> Self {
+        Self {
+            learned_step,
+            ..self
         }
     }
 
@@ -63,11 +77,35 @@ impl MinMaxObserverConfig {
             max: RunningState::new(Tensor::zeros([channels], device)),
             updates: RunningState::new(Tensor::zeros([1], device)),
             observing: Param::from_bool(true),
+            learned: self.learned_step.then(|| LearnedStep {
+                multiplier: Param::from_tensor(Tensor::ones([channels], device)),
+                initial: RunningState::new(Tensor::zeros([channels], device)),
+                zero_point: RunningState::new(Tensor::zeros([channels], device)),
+            }),
             scheme: self.scheme,
             ema_momentum: self.ema_momentum,
             ste: self.ste,
         }
     }
+}
+
+/// A learned step size (LSQ, Esser et al. 2019) of a [`MinMaxObserver`].
+///
+/// While the observer observes (calibration) the step follows the observed range. At the first
+/// fake-quantization after observing stops, the current step and zero point are stored as
+/// `k` ([`LearnedStep::initial`]) and `Z`; from then on the step is `S = k ⊙ p` with the
+/// trained parameter `p` ([`LearnedStep::multiplier`], starting at 1), the op is
+/// [`lsq_fake_quant`] with LSQ's gradient scale `1/sqrt(N·Q_P)` (`N`: elements per step,
+/// `Q_P = qmax − Z`), and `p`'s gradient is divided by `k²` so that plain SGD moves `S` exactly
+/// as LSQ does. The zero point is not learned. Freezing and the integer engine use `S`.
+#[derive(Module, Debug)]
+pub struct LearnedStep {
+    /// `p`, per channel, starting at 1.
+    pub multiplier: Param<Tensor<1>>,
+    /// `k`, the observer's step when observing stopped (0 before).
+    pub initial: RunningState<Tensor<1>>,
+    /// `Z`, the observer's zero point when observing stopped.
+    pub zero_point: RunningState<Tensor<1>>,
 }
 
 /// Tracks the range of the tensors it sees and turns it into [`QParams`].
@@ -89,6 +127,8 @@ pub struct MinMaxObserver {
     pub updates: RunningState<Tensor<1>>,
     /// Whether `fake_quant` updates the range.
     pub observing: Param<Flag>,
+    /// The learned step (LSQ), used while not observing; `None`: the range gives the step.
+    pub learned: Option<LearnedStep>,
     #[module(skip)]
     scheme: QScheme,
     #[module(skip)]
@@ -166,10 +206,41 @@ impl MinMaxObserver {
         (self.min.value_sync(), self.max.value_sync())
     }
 
-    /// Quantization parameters of the current range (unit scale while the range is empty).
+    /// Quantization parameters: of the learned step while it is in use, else of the current
+    /// range (unit scale while the range is empty).
     pub fn qparams(&self) -> QParams {
+        self.learned_qparams()
+            .unwrap_or_else(|| self.range_qparams())
+    }
+
+    fn range_qparams(&self) -> QParams {
         let (min, max) = self.range();
         QParams::from_range(min, max, self.scheme)
+    }
+
+    /// The learned step's parameters, when there is one and observing has stopped; the first
+    /// call after calibration stores the range's step and zero point as `k` and `Z`.
+    fn learned_qparams(&self) -> Option<QParams> {
+        let learned = self.learned.as_ref()?;
+        if self.is_observing() || self.updates.value_sync().into_scalar::<f32>() == 0.0 {
+            return None;
+        }
+        let mut initial = learned.initial.value_sync();
+        if initial.clone().sum().into_scalar::<f32>() == 0.0 {
+            let range = self.range_qparams();
+            commit(&learned.initial, range.scale.clone().detach());
+            commit(&learned.zero_point, range.zero_point.detach());
+            initial = range.scale.detach();
+        }
+        let p = learned.multiplier.val();
+        // Forward `p`, gradient `dL/dp / k²`: then `S = k ⊙ p` moves as LSQ's step under SGD.
+        let damping = (initial.clone() * initial.clone()).recip();
+        let p = p.clone() * damping.clone() - (p.clone() * damping).detach() + p.detach();
+        Some(QParams {
+            scale: initial * p,
+            zero_point: learned.zero_point.value_sync(),
+            scheme: self.scheme,
+        })
     }
 
     /// Like [`MinMaxObserver::qparams`], but fails when no data was ever observed.
@@ -191,7 +262,17 @@ impl MinMaxObserver {
         if self.is_observing() {
             self.update(&x);
         }
-        let qparams = self.qparams();
+        if let Some(qparams) = self.learned_qparams() {
+            let channels = qparams.scale.dims()[0];
+            let zero_points = qparams.to_host().1;
+            let top = zero_points.iter().copied().max().unwrap_or(0);
+            let grad_scale = lsq_grad_scale(
+                x.shape().num_elements() / channels,
+                self.scheme.qmax() - top,
+            );
+            return (lsq_fake_quant(x, &qparams, grad_scale), qparams);
+        }
+        let qparams = self.range_qparams();
         (fake_quant(x, &qparams, self.ste), qparams)
     }
 }

@@ -4,8 +4,16 @@
 
 mod common;
 
+use burn::module::Module;
+use burn::nn::{LinearConfig, PaddingConfig2d, conv::Conv2dConfig};
+use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn_quant::{QParams, QScheme, Ste, fake_quant, lsq_fake_quant, lsq_grad_scale};
+use burn_quant::nn::{
+    Mode, QConfig, QConv2d, QConv2dConfig, QLinear, QLinearConfig, QReLU, QTensor,
+};
+use burn_quant::{
+    QParams, QScheme, Ste, fake_quant, freeze, lsq_fake_quant, lsq_grad_scale, set_observing,
+};
 use common::{assert_fake_quant_eq, device, fake_quant_ref, in_range_ref, to_vec};
 
 const SHAPE: [usize; 3] = [4, 3, 5];
@@ -235,4 +243,105 @@ fn the_step_learns() {
     }
     let (last, _) = mse(step);
     assert!(last < 0.5 * first, "MSE {first} -> {last} (step {step})");
+}
+
+#[derive(Module, Debug)]
+struct Small {
+    conv: QConv2d,
+    relu: QReLU,
+    fc: QLinear,
+}
+
+impl Small {
+    fn new(qconfig: QConfig, device: &Device) -> Self {
+        let conv = Conv2dConfig::new([2, 4], [3, 3]).with_padding(PaddingConfig2d::Same);
+        Self {
+            conv: QConv2dConfig::new(conv, qconfig)
+                .with_observe_input(true)
+                .init(device)
+                .unwrap(),
+            relu: QReLU::new(),
+            fc: QLinearConfig::new(LinearConfig::new(4 * 6 * 6, 3), qconfig)
+                .init(device)
+                .unwrap(),
+        }
+    }
+
+    fn forward(&self, x: QTensor<4>) -> QTensor<2> {
+        let x = self.relu.forward(self.conv.forward(x));
+        self.fc.forward(x.flatten(1, 3))
+    }
+}
+
+/// LSQ in layers: calibrate with observing on, train the steps with it off, freeze, and the
+/// integer engine equals the fake-quantized model bit for bit with the learned steps.
+#[test]
+fn learned_steps_train_freeze_and_run_on_integers() {
+    let device = device().autodiff();
+    let qconfig = QConfig::new(
+        QScheme::affine(3).unwrap(),
+        QScheme::symmetric(3).unwrap().per_channel(0),
+    )
+    .with_learned_step(true)
+    .with_quantize_bias(true)
+    .with_exact_eval(true);
+    let batch = |d: &Device| Tensor::<4>::random([8, 2, 6, 6], Distribution::Normal(0.0, 1.0), d);
+    let model = Small::new(qconfig, &device);
+    for _ in 0..3 {
+        model.forward(QTensor::new(batch(&device), Mode::FakeQuant));
+    }
+    let calibrated = model.conv.observers.weight.qparams().to_host().0;
+    let mut model = set_observing(model, false);
+    let target = Tensor::<2>::random([8, 3], Distribution::Normal(0.0, 1.0), &device);
+    let x = batch(&device);
+    let mut optim = SgdConfig::new().init();
+    let mut losses = Vec::new();
+    for _ in 0..30 {
+        let y = model
+            .forward(QTensor::new(x.clone(), Mode::FakeQuant))
+            .dequantize();
+        let err = y - target.clone();
+        let loss = (err.clone() * err).mean();
+        losses.push(to_vec(loss.clone())[0]);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(0.05, model, grads);
+    }
+    assert!(
+        losses[29] < losses[0],
+        "loss {} -> {}",
+        losses[0],
+        losses[29]
+    );
+    // The step started at the calibrated one and moved.
+    let learned = model.conv.observers.weight.learned.as_ref().unwrap();
+    assert_eq!(to_vec(learned.initial.value_sync()), calibrated);
+    let p = to_vec(learned.multiplier.val());
+    assert!(p.iter().any(|&v| v != 1.0), "multiplier {p:?}");
+    let output_p = to_vec(
+        model
+            .fc
+            .observers
+            .output
+            .learned
+            .as_ref()
+            .unwrap()
+            .multiplier
+            .val(),
+    );
+    assert_ne!(output_p, vec![1.0]);
+
+    let model = freeze(model.valid()).unwrap();
+    let plain = device.clone().inner();
+    let x = batch(&plain);
+    let fake = model.forward(QTensor::new(x.clone(), Mode::FakeQuant));
+    let int = model.forward(QTensor::new(x, Mode::Integer));
+    let grid = fake.grid().unwrap().clone();
+    let (scale, _) = grid.to_host();
+    let learned_scale = model.fc.observers.output.qparams().to_host().0;
+    assert_eq!(scale, learned_scale);
+    assert_eq!(
+        to_vec(fake.dequantize()),
+        to_vec(int.dequantize()),
+        "integer engine and fake-quant differ with learned steps"
+    );
 }

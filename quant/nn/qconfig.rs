@@ -38,6 +38,11 @@ pub struct QConfig {
     /// requantization instead of a float rounding of `y / So`.
     #[config(default = false)]
     pub exact_eval: bool,
+    /// LSQ: every observer's step becomes a trained parameter once observing stops
+    /// (calibrate with observing on, then train with it off; see
+    /// [`LearnedStep`](crate::LearnedStep)).
+    #[config(default = false)]
+    pub learned_step: bool,
 }
 
 impl QConfig {
@@ -84,7 +89,9 @@ impl QConfig {
     }
 
     fn observer(&self, config: MinMaxObserverConfig, device: &Device) -> MinMaxObserver {
-        let config = config.with_ste(self.ste);
+        let config = config
+            .with_ste(self.ste)
+            .with_learned_step(self.learned_step);
         match self.ema_momentum {
             Some(m) => config.with_ema_momentum(m),
             None => config,
