@@ -108,6 +108,10 @@ struct SweepArgs {
     /// EMA momentum of the observers, e.g. 0.01 [the seed's running min/max].
     #[arg(long, value_parser = parse_momentum)]
     ema_momentum: Option<f64>,
+    /// LSQ: QAT learns every step size (learned step size quantization), starting from a PTQ
+    /// calibration.
+    #[arg(long)]
+    lsq: bool,
 }
 
 /// An EMA momentum: the weight of each new batch, in (0, 1].
@@ -145,6 +149,7 @@ impl SweepArgs {
             test_limit: quick.then_some(2_000),
             float_bias: self.float_bias,
             ema_momentum: self.ema_momentum,
+            lsq: self.lsq,
         }
     }
 }

@@ -25,10 +25,13 @@ where
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
-    let observers = match results.config.ema_momentum {
+    let mut observers = match results.config.ema_momentum {
         Some(m) => format!(", EMA {m} observers"),
         None => String::new(),
     };
+    if results.config.lsq {
+        observers.push_str(", LSQ");
+    }
     let title = format!(
         "{} on MNIST: integer-engine accuracy vs bits ({}{observers})",
         results.model, results.backend

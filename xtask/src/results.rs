@@ -43,6 +43,9 @@ pub struct SweepConfig {
     /// EMA momentum of the observers (`None`: the seed's running min/max).
     #[serde(default)]
     pub ema_momentum: Option<f64>,
+    /// LSQ: QAT learns the step sizes.
+    #[serde(default)]
+    pub lsq: bool,
 }
 
 impl SweepConfig {
@@ -304,6 +307,7 @@ pub(crate) mod tests {
             test_limit: None,
             float_bias: false,
             ema_momentum: None,
+            lsq: false,
         }
     }
 

@@ -126,6 +126,9 @@ impl Sweep {
             push("--only", Some(modes[0].name().into()));
         }
         push("--ema-momentum", c.ema_momentum.map(|m| m.to_string()));
+        if c.lsq {
+            args.push("--lsq".into());
+        }
         if c.float_bias {
             args.push("--float-bias".into());
         }

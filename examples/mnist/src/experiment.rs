@@ -7,7 +7,7 @@ use crate::models::MnistModel;
 use crate::protocol::ModeResult;
 use crate::train::{Progress, TrainConfig, accuracy, agreement, calibrate, predict, train};
 use burn_quant::nn::{Mode, QConfig};
-use burn_quant::{QuantError, freeze};
+use burn_quant::{QuantError, freeze, set_observing};
 
 /// Settings of the PTQ/QAT pipeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +28,9 @@ pub struct PipelineConfig {
     /// EMA momentum of the observers (`None`: the reference's running min/max, which only
     /// grows; see [`QConfig::ema_momentum`]).
     pub ema_momentum: Option<f64>,
+    /// LSQ: QAT calibrates the observers (`calib_batches`, as PTQ), then trains the weights
+    /// and the steps ([`QConfig::learned_step`]) with observing off.
+    pub learned_step: bool,
 }
 
 impl PipelineConfig {
@@ -44,6 +47,7 @@ impl PipelineConfig {
             quantize_bias: true,
             exact_eval: true,
             ema_momentum: None,
+            learned_step: false,
         }
     }
 
@@ -51,7 +55,8 @@ impl PipelineConfig {
         Ok(QConfig::reference(bits)?
             .with_quantize_bias(self.quantize_bias)
             .with_exact_eval(self.exact_eval)
-            .with_ema_momentum(self.ema_momentum))
+            .with_ema_momentum(self.ema_momentum)
+            .with_learned_step(self.learned_step))
     }
 }
 
@@ -88,15 +93,7 @@ pub fn ptq<M: MnistModel>(
     config: &PipelineConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(M, ModeResult), QuantError> {
-    let qnet = net.with_qconfig(&config.qconfig(bits)?)?;
-    calibrate(
-        train_set,
-        config.calib_batches,
-        config.qat.batch_size,
-        config.calib_seed,
-        |x| qnet.logits(x, Mode::FakeQuant),
-        progress,
-    );
+    let qnet = calibrated(net, bits, train_set, config, progress)?;
     let qnet = freeze(qnet)?;
     let result = evaluate(&qnet, test, config.eval_batch_size)?;
     Ok((qnet, result))
@@ -112,12 +109,36 @@ pub fn qat<M: MnistModel>(
     config: &PipelineConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(M, ModeResult), QuantError> {
-    let qnet = net.clone().train().with_qconfig(&config.qconfig(bits)?)?;
+    let qnet = match config.learned_step {
+        // LSQ: steps start from a calibration, then train with observing off.
+        true => set_observing(calibrated(net, bits, train_set, config, progress)?, false).train(),
+        false => net.clone().train().with_qconfig(&config.qconfig(bits)?)?,
+    };
     let forward = |m: &M, x| m.logits(x, Mode::FakeQuant);
     let qnet = train(qnet, train_set, &config.qat, forward, progress);
     let qnet = freeze(qnet.valid())?;
     let result = evaluate(&qnet, test, config.eval_batch_size)?;
     Ok((qnet, result))
+}
+
+/// `net` quantized at `bits` with observers calibrated on `config.calib_batches` batches.
+fn calibrated<M: MnistModel>(
+    net: &M,
+    bits: u32,
+    train_set: &Dataset,
+    config: &PipelineConfig,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<M, QuantError> {
+    let qnet = net.with_qconfig(&config.qconfig(bits)?)?;
+    calibrate(
+        train_set,
+        config.calib_batches,
+        config.qat.batch_size,
+        config.calib_seed,
+        |x| qnet.logits(x, Mode::FakeQuant),
+        progress,
+    );
+    Ok(qnet)
 }
 
 /// Evaluates a calibrated model fake-quantized and on the integer engine (the observers are

@@ -75,6 +75,9 @@ struct Args {
     /// EMA momentum of the observers (default: the reference's running min/max).
     #[arg(long, value_parser = parse_momentum)]
     ema_momentum: Option<f64>,
+    /// LSQ: QAT learns every step size, starting from a PTQ calibration.
+    #[arg(long)]
+    lsq: bool,
     /// Skip PTQ or QAT.
     #[arg(long, value_parser = ["ptq", "qat"])]
     only: Option<String>,
@@ -221,6 +224,7 @@ fn run<M: MnistModel>(args: &Args) {
         quantize_bias: !args.float_bias,
         exact_eval: !args.float_bias,
         ema_momentum: args.ema_momentum,
+        learned_step: args.lsq,
         ..PipelineConfig::reference()
     };
     println!(

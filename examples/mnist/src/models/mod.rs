@@ -28,7 +28,8 @@ pub trait MnistModel: Module + Sized {
     }
 
     /// The same weights (and BatchNorm statistics) in a model quantized with `qconfig`, with
-    /// observers reset to `self`'s (none after float training) and observing on.
+    /// observers reset to `self`'s (none after float training) and observing on; learned steps
+    /// ([`QConfig::learned_step`]) that `self` has not start at their initial value.
     fn with_qconfig(&self, qconfig: &QConfig) -> Result<Self, QuantError> {
         let device = self
             .devices()
@@ -36,7 +37,8 @@ pub trait MnistModel: Module + Sized {
             .next()
             .ok_or(QuantError::NoDevice)?;
         let model = Self::new(qconfig, &device)
-            .try_load_record(self.clone().into_record())
+            // Partial: a learned step (LSQ) that `self` lacks keeps its initial value.
+            .try_load_record(self.clone().into_record().allow_partial(true))
             .map_err(|e| QuantError::IncompatibleRecord {
                 reason: e.to_string(),
             })?;
