@@ -229,6 +229,19 @@ mod tests {
     }
 
     #[test]
+    fn narrow_symmetric_is_ternary_at_2_bits() {
+        let scheme = QScheme::symmetric_narrow(2).unwrap();
+        let (s, z) = host(-1.0, 0.5, scheme);
+        assert_eq!((s, z), (1.0, 0));
+        let device = default_device().unwrap();
+        let qp = QParams::from_bounds(-1.0, 0.5, scheme, &device).unwrap();
+        let x = Tensor::<1>::from_floats([-2.0, -0.6, -0.4, 0.3, 0.7, 3.0], &device);
+        let y = crate::fake_quant(x, &qp, crate::Ste::Identity);
+        let y = y.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(y, vec![-1.0, -1.0, 0.0, 0.0, 1.0, 1.0]);
+    }
+
+    #[test]
     fn bad_bounds_are_errors() {
         let scheme = QScheme::affine(8).unwrap();
         let device = default_device().unwrap();

@@ -58,6 +58,10 @@ pub enum Granularity {
 /// let signed = QScheme::symmetric(8).unwrap();
 /// assert_eq!(signed.signedness(), Signedness::Signed);
 /// assert!(QScheme::affine(0).is_err());
+/// // Narrow range: at 2 bits the ternary grid {-1, 0, 1}.
+/// let ternary = QScheme::symmetric_narrow(2).unwrap();
+/// assert_eq!((ternary.qmin(), ternary.qmax()), (-1, 1));
+/// assert!(QScheme::symmetric_narrow(1).is_err());
 /// ```
 ///
 /// It serializes as its fields; deserializing checks the bit width as [`QScheme::new`] does.
@@ -68,6 +72,8 @@ pub struct QScheme {
     signedness: Signedness,
     mode: QMode,
     granularity: Granularity,
+    #[serde(default)]
+    narrow: bool,
 }
 
 /// The serialized fields of a [`QScheme`], before the bit width is checked.
@@ -78,13 +84,19 @@ struct UncheckedQScheme {
     signedness: Signedness,
     mode: QMode,
     granularity: Granularity,
+    #[serde(default)]
+    narrow: bool,
 }
 
 impl TryFrom<UncheckedQScheme> for QScheme {
     type Error = QuantError;
 
     fn try_from(s: UncheckedQScheme) -> Result<Self, QuantError> {
-        Self::new(s.bits, s.signedness, s.mode, s.granularity)
+        let scheme = Self::new(s.bits, s.signedness, s.mode, s.granularity)?;
+        match s.narrow {
+            true => scheme.narrow(),
+            false => Ok(scheme),
+        }
     }
 }
 
@@ -108,7 +120,34 @@ impl QScheme {
             signedness,
             mode,
             granularity,
+            narrow: false,
         })
+    }
+
+    /// Signed symmetric per-tensor on the narrow range `[-(2^(b-1)-1), 2^(b-1)-1]` (zero point
+    /// 0, the grid symmetric about 0): at 2 bits ternary `{-S, 0, S}`. Needs at least 2 bits.
+    pub fn symmetric_narrow(bits: u32) -> Result<Self, QuantError> {
+        Self::symmetric(bits)?.narrow()
+    }
+
+    /// The same signed scheme without its most negative level (narrow range); fails for an
+    /// unsigned scheme or below 2 bits.
+    pub fn narrow(self) -> Result<Self, QuantError> {
+        if self.signedness != Signedness::Signed || self.bits < 2 {
+            return Err(QuantError::InvalidSetting(format!(
+                "a narrow range needs a signed grid of at least 2 bits, got {} {:?} bits",
+                self.bits, self.signedness
+            )));
+        }
+        Ok(Self {
+            narrow: true,
+            ..self
+        })
+    }
+
+    /// Whether the most negative level of a signed grid is left out.
+    pub fn is_narrow(&self) -> bool {
+        self.narrow
     }
 
     /// Unsigned affine per-tensor: the reference's scheme for weights and activations.
@@ -163,7 +202,7 @@ impl QScheme {
     pub fn qmin(&self) -> i32 {
         match self.signedness {
             Signedness::Unsigned => 0,
-            Signedness::Signed => -(1i32 << (self.bits - 1)),
+            Signedness::Signed => -(1i32 << (self.bits - 1)) + i32::from(self.narrow),
         }
     }
 

@@ -15,7 +15,7 @@ use burn_quant::nn::{
     Mode, QAdd, QAddConfig, QAvgPool2d, QConfig, QConv2d, QConv2dConfig, QLinear, QLinearConfig,
     QMaxPool2d, QReLU, QTensor,
 };
-use burn_quant::{QuantError, freeze};
+use burn_quant::{QScheme, QuantError, freeze};
 use common::{device, to_vec};
 
 fn ints<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
@@ -115,7 +115,11 @@ fn config(bits: u32, global_pool: bool) -> ResBlockConfig {
 }
 
 fn calibrated(bits: u32, global_pool: bool, device: &Device) -> ResBlock {
-    let model = config(bits, global_pool).init(device).unwrap();
+    calibrated_with(config(bits, global_pool), device)
+}
+
+fn calibrated_with(config: ResBlockConfig, device: &Device) -> ResBlock {
+    let model = config.init(device).unwrap();
     for _ in 0..3 {
         let _ = model.forward(QTensor::new(batch(device), Mode::FakeQuant));
     }
@@ -125,16 +129,27 @@ fn calibrated(bits: u32, global_pool: bool, device: &Device) -> ResBlock {
 #[test]
 fn one_forward_is_bit_exact_on_the_integer_engine() {
     let device = device();
-    for global_pool in [true, false] {
+    // The seed's affine per-tensor weights, and symmetric narrow-range per-channel weights
+    // (ternary at 2 bits).
+    let narrow = |bits| QScheme::symmetric_narrow(bits).unwrap().per_channel(0);
+    for (global_pool, narrow_weights) in [(true, false), (false, false), (true, true)] {
         for bits in [2, 3, 4, 6, 8] {
-            let model = calibrated(bits, global_pool, &device);
+            let mut config = config(bits, global_pool);
+            if narrow_weights {
+                let qconfig = config.add.qconfig.with_weight(narrow(bits));
+                config = ResBlockConfig::with_qconfig(qconfig, global_pool);
+            }
+            let model = calibrated_with(config, &device);
             let x = batch(&device);
             let fake = model.forward(QTensor::new(x.clone(), Mode::FakeQuant));
             let integer = model.forward(QTensor::new(x.clone(), Mode::Integer));
             let grid = fake.grid().expect("a grid").clone();
             let expected = ints(burn_quant::quantize(fake.dequantize(), &grid));
             let got = ints(integer.integers().expect("integers").clone());
-            assert_eq!(got, expected, "{bits} bits, global pool {global_pool}");
+            assert_eq!(
+                got, expected,
+                "{bits} bits, global pool {global_pool}, narrow weights {narrow_weights}"
+            );
             assert!(
                 got.iter().any(|&v| v != got[0]),
                 "{bits} bits: constant output"

@@ -180,12 +180,12 @@ pub fn fake_quant<const D: usize>(x: Tensor<D>, qparams: &QParams, ste: Ste) -> 
 /// let qparams = QParams { scale: step.clone(), zero_point, scheme };
 /// let x = Tensor::<1>::from_floats([0.3, 2.9], &device).require_grad();
 /// let y = lsq_fake_quant(x.clone(), &qparams, 1.0);
-/// assert_eq!(y.clone().into_data().to_vec::<f32>().unwrap(), vec![0.5, 1.5]);
+/// assert_eq!(y.clone().into_data().try_to_vec::<f32>().unwrap(), vec![0.5, 1.5]);
 /// let grads = y.sum().backward();
 /// // 0.3: round(0.6) - 0.6 = 0.4; 2.9: clipped above, qmax - Z = 3.
-/// let ds = step.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap()[0];
+/// let ds = step.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap()[0];
 /// assert!((ds - 3.4).abs() < 1e-6);
-/// assert_eq!(x.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap(), vec![1.0, 0.0]);
+/// assert_eq!(x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap(), vec![1.0, 0.0]);
 /// ```
 ///
 /// # Panics
