@@ -112,6 +112,10 @@ struct SweepArgs {
     /// calibration.
     #[arg(long)]
     lsq: bool,
+    /// Weights symmetric on the narrow signed range with one step per output channel (from 2
+    /// bits; ternary at 2) instead of the seed's affine per-tensor weights.
+    #[arg(long)]
+    symmetric_weights: bool,
 }
 
 /// An EMA momentum: the weight of each new batch, in (0, 1].
@@ -150,6 +154,7 @@ impl SweepArgs {
             float_bias: self.float_bias,
             ema_momentum: self.ema_momentum,
             lsq: self.lsq,
+            symmetric_weights: self.symmetric_weights,
         }
     }
 }

@@ -32,6 +32,9 @@ where
     if results.config.lsq {
         observers.push_str(", LSQ");
     }
+    if results.config.symmetric_weights {
+        observers.push_str(", symmetric per-channel weights");
+    }
     let title = format!(
         "{} on MNIST: integer-engine accuracy vs bits ({}{observers})",
         results.model, results.backend

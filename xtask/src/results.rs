@@ -46,6 +46,9 @@ pub struct SweepConfig {
     /// LSQ: QAT learns the step sizes.
     #[serde(default)]
     pub lsq: bool,
+    /// Symmetric narrow-range per-channel weights (from 2 bits).
+    #[serde(default)]
+    pub symmetric_weights: bool,
 }
 
 impl SweepConfig {
@@ -308,6 +311,7 @@ pub(crate) mod tests {
             float_bias: false,
             ema_momentum: None,
             lsq: false,
+            symmetric_weights: false,
         }
     }
 

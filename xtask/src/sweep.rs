@@ -129,6 +129,9 @@ impl Sweep {
         if c.lsq {
             args.push("--lsq".into());
         }
+        if c.symmetric_weights {
+            args.push("--symmetric-weights".into());
+        }
         if c.float_bias {
             args.push("--float-bias".into());
         }

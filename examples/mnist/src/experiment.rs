@@ -7,7 +7,7 @@ use crate::models::MnistModel;
 use crate::protocol::ModeResult;
 use crate::train::{Progress, TrainConfig, accuracy, agreement, calibrate, predict, train};
 use burn_quant::nn::{Mode, QConfig};
-use burn_quant::{QuantError, freeze, set_observing};
+use burn_quant::{QScheme, QuantError, freeze, set_observing};
 
 /// Settings of the PTQ/QAT pipeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,6 +31,9 @@ pub struct PipelineConfig {
     /// LSQ: QAT calibrates the observers (`calib_batches`, as PTQ), then trains the weights
     /// and the steps ([`QConfig::learned_step`]) with observing off.
     pub learned_step: bool,
+    /// Weights symmetric on the narrow signed range, one step per output channel (ternary at
+    /// 2 bits); at 1 bit, where that range is empty, the seed's affine weights.
+    pub symmetric_weights: bool,
 }
 
 impl PipelineConfig {
@@ -48,11 +51,19 @@ impl PipelineConfig {
             exact_eval: true,
             ema_momentum: None,
             learned_step: false,
+            symmetric_weights: false,
         }
     }
 
     fn qconfig(&self, bits: u32) -> Result<QConfig, QuantError> {
-        Ok(QConfig::reference(bits)?
+        let reference = QConfig::reference(bits)?;
+        let weight = match self.symmetric_weights && bits >= 2 {
+            // The axis is set by each layer.
+            true => QScheme::symmetric_narrow(bits)?.per_channel(0),
+            false => reference.weight,
+        };
+        Ok(reference
+            .with_weight(weight)
             .with_quantize_bias(self.quantize_bias)
             .with_exact_eval(self.exact_eval)
             .with_ema_momentum(self.ema_momentum)

@@ -78,6 +78,9 @@ struct Args {
     /// LSQ: QAT learns every step size, starting from a PTQ calibration.
     #[arg(long)]
     lsq: bool,
+    /// Weights symmetric on the narrow range, per output channel (from 2 bits; ternary at 2).
+    #[arg(long)]
+    symmetric_weights: bool,
     /// Skip PTQ or QAT.
     #[arg(long, value_parser = ["ptq", "qat"])]
     only: Option<String>,
@@ -225,6 +228,7 @@ fn run<M: MnistModel>(args: &Args) {
         exact_eval: !args.float_bias,
         ema_momentum: args.ema_momentum,
         learned_step: args.lsq,
+        symmetric_weights: args.symmetric_weights,
         ..PipelineConfig::reference()
     };
     println!(
