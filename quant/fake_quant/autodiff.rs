@@ -10,7 +10,7 @@ use burn::backend::{
         ops::{Backward, Ops, OpsKind},
     },
     get_or_init_device_settings,
-    tensor::FloatTensor,
+    tensor::{BoolTensor, FloatTensor},
 };
 
 use super::{FakeQuantBackend, broadcast_channels};
@@ -28,6 +28,43 @@ impl<B: Backend> Backward<B, 1> for IdentityBackward {
         if let Some(parent) = parent {
             grads.register::<B>(parent.id, grad);
         }
+    }
+}
+
+/// Where `x` falls on a grid: `v = x / S`, `round(v)` and the zero point, broadcast per channel.
+struct GridPosition<B: Backend> {
+    v: FloatTensor<B>,
+    rounded: FloatTensor<B>,
+    zero_point: FloatTensor<B>,
+    bool_dtype: burn::tensor::BoolDType,
+}
+
+impl<B: Backend> GridPosition<B> {
+    fn of(
+        x: FloatTensor<B>,
+        scale: FloatTensor<B>,
+        zero_point: FloatTensor<B>,
+        axis: usize,
+    ) -> Self {
+        let rank = x.shape().num_dims();
+        let bool_dtype = get_or_init_device_settings::<B>(&x.device()).bool_dtype;
+        let scale = broadcast_channels::<B>(scale, rank, axis);
+        let v = B::float_div(x, scale);
+        Self {
+            rounded: B::float_round(v.clone()),
+            v,
+            zero_point: broadcast_channels::<B>(zero_point, rank, axis),
+            bool_dtype,
+        }
+    }
+
+    /// The masks `round(v) + Z < qmin` and `round(v) + Z > qmax`.
+    fn outside(&self, qmin: i32, qmax: i32) -> (BoolTensor<B>, BoolTensor<B>) {
+        let q = B::float_add(self.rounded.clone(), self.zero_point.clone());
+        (
+            B::float_lower_elem(q.clone(), (qmin as f32).into(), self.bool_dtype),
+            B::float_greater_elem(q, (qmax as f32).into(), self.bool_dtype),
+        )
     }
 }
 
@@ -60,13 +97,8 @@ impl<B: Backend> Backward<B, 1> for ClippedBackward {
         let Some(parent) = parent else { return };
         let state = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(state.x);
-        let rank = x.shape().num_dims();
-        let bool_dtype = get_or_init_device_settings::<B>(&x.device()).bool_dtype;
-        let scale = broadcast_channels::<B>(state.scale, rank, state.axis);
-        let zero_point = broadcast_channels::<B>(state.zero_point, rank, state.axis);
-        let q = B::float_add(B::float_round(B::float_div(x, scale)), zero_point);
-        let below = B::float_lower_elem(q.clone(), (state.qmin as f32).into(), bool_dtype);
-        let above = B::float_greater_elem(q, (state.qmax as f32).into(), bool_dtype);
+        let grid = GridPosition::<B>::of(x, state.scale, state.zero_point, state.axis);
+        let (below, above) = grid.outside(state.qmin, state.qmax);
         let outside = B::bool_or(below, above);
         grads.register::<B>(parent.id, B::float_mask_fill(grad, outside, 0.0f32.into()));
     }
@@ -105,16 +137,15 @@ impl<B: Backend> Backward<B, 2> for LsqBackward {
         let step: FloatTensor<B> = checkpointer.retrieve_node_output(state.scale);
         let step_shape = step.shape();
         let rank = x.shape().num_dims();
-        let device = x.device();
         let float_dtype = x.dtype();
-        let bool_dtype = get_or_init_device_settings::<B>(&device).bool_dtype;
-        let scale = broadcast_channels::<B>(step, rank, state.axis);
-        let zero_point = broadcast_channels::<B>(state.zero_point, rank, state.axis);
-        let v = B::float_div(x, scale);
-        let rounded = B::float_round(v.clone());
-        let q = B::float_add(rounded.clone(), zero_point.clone());
-        let below = B::float_lower_elem(q.clone(), (state.qmin as f32).into(), bool_dtype);
-        let above = B::float_greater_elem(q, (state.qmax as f32).into(), bool_dtype);
+        let grid = GridPosition::<B>::of(x, step, state.zero_point, state.axis);
+        let (below, above) = grid.outside(state.qmin, state.qmax);
+        let GridPosition {
+            v,
+            rounded,
+            zero_point,
+            ..
+        } = grid;
         let outside = B::bool_or(below.clone(), above.clone());
         if let Some(parent) = x_parent {
             let masked = B::float_mask_fill(grad.clone(), outside.clone(), 0.0f32.into());
