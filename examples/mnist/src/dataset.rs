@@ -26,6 +26,16 @@ impl Dataset {
         }
     }
 
+    /// The first `n` examples (all of them when there are fewer).
+    pub fn first(&self, n: usize) -> Self {
+        let n = n.min(self.len());
+        Self {
+            images: self.images.clone().narrow(0, 0, n),
+            labels: self.labels.clone().narrow(0, 0, n),
+            host_labels: self.host_labels[..n].to_vec(),
+        }
+    }
+
     /// Number of examples.
     pub fn len(&self) -> usize {
         self.host_labels.len()
