@@ -83,6 +83,12 @@ impl LayerObservers {
         let mut bias_shape = [1usize; D];
         bias_shape[1] = frozen.bias.dims()[0];
         let acc = acc + frozen.bias.reshape(bias_shape);
+        if self.integer_output {
+            return Some(Quantized {
+                tensor: self.dequantize_accumulator(acc, input).ok()?,
+                qparams: None,
+            });
+        }
         let mut q = frozen.requantizer.apply(acc, 1);
         if relu_after {
             q = int_relu(q, frozen.requantizer.output_zero_point);

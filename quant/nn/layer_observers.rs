@@ -26,6 +26,10 @@ pub struct LayerObservers {
     pub(crate) exact_eval: bool,
     #[module(skip)]
     pub(crate) weight_axis: usize,
+    /// The output is the accumulator `Σ q_w·q_x + q_b` dequantized with its scale `Si·Sw`,
+    /// not requantized (integer logits); the output observer is updated but not used.
+    #[module(skip)]
+    pub(crate) integer_output: bool,
     #[module(skip)]
     ste: Ste,
 }
@@ -61,8 +65,57 @@ impl LayerObservers {
             quantize_bias: qconfig.quantize_bias,
             exact_eval: qconfig.exact_eval,
             weight_axis,
+            integer_output: false,
             ste: qconfig.ste,
         }
+    }
+
+    /// The same observers with the output left as the dequantized accumulator (`true`).
+    pub(crate) fn with_integer_output(self, integer_output: bool) -> Self {
+        Self {
+            integer_output,
+            ..self
+        }
+    }
+
+    /// Whether the output is the dequantized accumulator instead of a requantized grid.
+    pub fn has_integer_output(&self) -> bool {
+        self.integer_output
+    }
+
+    /// The integer-mode output of a frozen layer for input integers `q` on the grid `input`:
+    /// `forward(q)` on the `output` grid, or, with an integer output, `accumulate(q)`
+    /// dequantized ([`LayerObservers::dequantize_accumulator`]).
+    pub(crate) fn integer_value<const D: usize>(
+        &self,
+        q: Tensor<D, Int>,
+        input: &QParams,
+        accumulate: impl FnOnce(Tensor<D, Int>) -> Tensor<D, Int>,
+        forward: impl FnOnce(Tensor<D, Int>) -> Tensor<D, Int>,
+        output: QParams,
+    ) -> Result<QValue<D>, QuantError> {
+        Ok(match self.integer_output {
+            true => QValue::Real(self.dequantize_accumulator(accumulate(q), input)?),
+            false => QValue::Int {
+                q: forward(q),
+                grid: output,
+            },
+        })
+    }
+
+    /// The real value of an accumulator `acc` (output channels along axis 1) of a layer whose
+    /// input lies on `input`: `acc · Si·Sw[c]`. The fake-quantized evaluation and the integer
+    /// engine both go through it, so that they agree bit for bit.
+    pub fn dequantize_accumulator<const D: usize>(
+        &self,
+        acc: Tensor<D, Int>,
+        input: &QParams,
+    ) -> Result<Tensor<D>, QuantError> {
+        let weight = self.weight.checked_qparams()?;
+        let scale = weight.scale.detach() * input.scale.clone().detach();
+        let mut shape = [1usize; D];
+        shape[1] = scale.dims()[0];
+        Ok(acc.float() * scale.reshape(shape))
     }
 
     /// Fake-quantizes the input with the own input observer, or takes the previous grid.
@@ -109,7 +162,7 @@ impl LayerObservers {
         x: QTensor<D>,
         float: impl FnOnce(Tensor<D>) -> Tensor<D>,
         fake: impl FnOnce(Quantized<D>) -> Quantized<D>,
-        integer: impl FnOnce(Tensor<D, Int>, &QParams) -> Result<(Tensor<D, Int>, QParams), QuantError>,
+        integer: impl FnOnce(Tensor<D, Int>, &QParams) -> Result<QValue<D>, QuantError>,
     ) -> QTensor<D> {
         let mode = x.mode;
         let value = match mode {
@@ -117,10 +170,9 @@ impl LayerObservers {
             Mode::FakeQuant => fake(x.value.into_quantized()).into(),
             Mode::Integer => {
                 let (q, grid) = self.input_integers(x.value);
-                let (q, grid) = integer(q, &grid).unwrap_or_else(|e| {
+                integer(q, &grid).unwrap_or_else(|e| {
                     panic!("{layer} cannot run on integers: {e} (check the model with burn_quant::freeze)")
-                });
-                QValue::Int { q, grid }
+                })
             }
         };
         QTensor { value, mode }
@@ -147,8 +199,17 @@ impl LayerObservers {
         (weight, bias)
     }
 
-    /// Fake-quantizes the output.
+    /// Fake-quantizes the output (observes it and keeps it real with an integer output).
     pub fn quantize_output<const D: usize>(&self, y: Tensor<D>) -> Quantized<D> {
+        if self.integer_output {
+            if self.output.is_observing() {
+                self.output.update(&y);
+            }
+            return Quantized {
+                tensor: y,
+                qparams: None,
+            };
+        }
         let (tensor, qparams) = self.output.observe_and_fake_quant(y);
         Quantized {
             tensor,

@@ -35,6 +35,9 @@ pub struct QConv2dConfig {
     /// Whether the layer observes its own input (the first quantized layer of a model).
     #[config(default = false)]
     pub observe_input: bool,
+    /// The output is the accumulator dequantized, not requantized (integer logits).
+    #[config(default = false)]
+    pub integer_output: bool,
 }
 
 impl QConv2dConfig {
@@ -42,11 +45,10 @@ impl QConv2dConfig {
     pub fn init(&self, device: &Device) -> Result<QConv2d, QuantError> {
         self.qconfig.check()?;
         check_conv_config("QConv2d", &self.conv)?;
-        Ok(QConv2d::new(
-            self.conv.init(device),
-            &self.qconfig,
-            self.observe_input,
-        ))
+        Ok(
+            QConv2d::new(self.conv.init(device), &self.qconfig, self.observe_input)
+                .with_integer_output(self.integer_output),
+        )
     }
 }
 
@@ -112,9 +114,25 @@ impl QConv2d {
             |q| self.forward_fq(q),
             |q, grid| {
                 let conv = self.to_integer(Some(grid))?;
-                Ok((conv.forward(q), conv.output))
+                let output = conv.output.clone();
+                self.observers.integer_value(
+                    q,
+                    grid,
+                    |q| conv.accumulate(q),
+                    |q| conv.forward(q),
+                    output,
+                )
             },
         )
+    }
+
+    /// The same layer whose output is its accumulator dequantized, not requantized (e.g. the
+    /// logits of a classifier: "integer logits").
+    pub fn with_integer_output(self, integer_output: bool) -> Self {
+        Self {
+            observers: self.observers.with_integer_output(integer_output),
+            ..self
+        }
     }
 
     /// Float forward.

@@ -7,7 +7,7 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::{Device, Tensor, activation::relu};
 
 use super::qconv2d::{check_conv_config, conv_output};
-use super::{LayerObservers, QConfig, QTensor, Quantized};
+use super::{LayerObservers, QConfig, QTensor, QValue, Quantized};
 use crate::QParams;
 use crate::QuantError;
 use crate::engine::{IntConv2d, int_relu};
@@ -157,7 +157,10 @@ impl QConvBn {
                     true => int_relu(q, conv.requantizer.output_zero_point),
                     false => q,
                 };
-                Ok((q, conv.output))
+                Ok(QValue::Int {
+                    q,
+                    grid: conv.output,
+                })
             },
         )
     }

@@ -27,6 +27,9 @@ pub struct QLinearConfig {
     /// Whether the layer observes its own input (the first quantized layer of a model).
     #[config(default = false)]
     pub observe_input: bool,
+    /// The output is the accumulator dequantized, not requantized (integer logits).
+    #[config(default = false)]
+    pub integer_output: bool,
 }
 
 impl QLinearConfig {
@@ -42,11 +45,10 @@ impl QLinearConfig {
                 reason: "sizes must be positive".into(),
             });
         }
-        Ok(QLinear::new(
-            self.linear.init(device),
-            &self.qconfig,
-            self.observe_input,
-        ))
+        Ok(
+            QLinear::new(self.linear.init(device), &self.qconfig, self.observe_input)
+                .with_integer_output(self.integer_output),
+        )
     }
 }
 
@@ -85,9 +87,25 @@ impl QLinear {
             |q| self.forward_fq(q),
             |q, grid| {
                 let linear = self.to_integer(Some(grid))?;
-                Ok((linear.forward(q), linear.output))
+                let output = linear.output.clone();
+                self.observers.integer_value(
+                    q,
+                    grid,
+                    |q| linear.accumulate(q),
+                    |q| linear.forward(q),
+                    output,
+                )
             },
         )
+    }
+
+    /// The same layer whose output is its accumulator dequantized, not requantized (e.g. the
+    /// logits of a classifier: "integer logits").
+    pub fn with_integer_output(self, integer_output: bool) -> Self {
+        Self {
+            observers: self.observers.with_integer_output(integer_output),
+            ..self
+        }
     }
 
     /// Float forward.

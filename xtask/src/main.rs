@@ -116,6 +116,10 @@ struct SweepArgs {
     /// bits; ternary at 2) instead of the seed's affine per-tensor weights.
     #[arg(long)]
     symmetric_weights: bool,
+    /// Integer logits: the classifier's i32 accumulator, dequantized, is the output (the
+    /// seed's protocol quantizes the logits at the bit width too).
+    #[arg(long)]
+    integer_logits: bool,
 }
 
 /// An EMA momentum: the weight of each new batch, in (0, 1].
@@ -155,6 +159,7 @@ impl SweepArgs {
             ema_momentum: self.ema_momentum,
             lsq: self.lsq,
             symmetric_weights: self.symmetric_weights,
+            integer_logits: self.integer_logits,
         }
     }
 }

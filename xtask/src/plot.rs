@@ -35,6 +35,9 @@ where
     if results.config.symmetric_weights {
         observers.push_str(", symmetric per-channel weights");
     }
+    if results.config.integer_logits {
+        observers.push_str(", integer logits");
+    }
     let title = format!(
         "{} on MNIST: integer-engine accuracy vs bits ({}{observers})",
         results.model, results.backend

@@ -49,6 +49,9 @@ pub struct SweepConfig {
     /// Symmetric narrow-range per-channel weights (from 2 bits).
     #[serde(default)]
     pub symmetric_weights: bool,
+    /// Integer logits (the classifier's accumulator is the output).
+    #[serde(default)]
+    pub integer_logits: bool,
 }
 
 impl SweepConfig {
@@ -312,6 +315,7 @@ pub(crate) mod tests {
             ema_momentum: None,
             lsq: false,
             symmetric_weights: false,
+            integer_logits: false,
         }
     }
 

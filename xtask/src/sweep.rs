@@ -132,6 +132,9 @@ impl Sweep {
         if c.symmetric_weights {
             args.push("--symmetric-weights".into());
         }
+        if c.integer_logits {
+            args.push("--integer-logits".into());
+        }
         if c.float_bias {
             args.push("--float-bias".into());
         }

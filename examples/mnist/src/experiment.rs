@@ -34,6 +34,10 @@ pub struct PipelineConfig {
     /// Weights symmetric on the narrow signed range, one step per output channel (ternary at
     /// 2 bits); at 1 bit, where that range is empty, the seed's affine weights.
     pub symmetric_weights: bool,
+    /// The protocol "integer logits": the classifier's i32 accumulator, dequantized, is the
+    /// output (the input and every hidden tensor stay at `bits`); otherwise the seed's
+    /// protocol, logits at `bits` too.
+    pub integer_logits: bool,
 }
 
 impl PipelineConfig {
@@ -52,7 +56,15 @@ impl PipelineConfig {
             ema_momentum: None,
             learned_step: false,
             symmetric_weights: false,
+            integer_logits: false,
         }
+    }
+
+    /// `net`'s weights in a model quantized at `bits` with these settings, observing on.
+    fn quantized<M: MnistModel>(&self, net: &M, bits: u32) -> Result<M, QuantError> {
+        Ok(net
+            .with_qconfig(&self.qconfig(bits)?)?
+            .with_integer_logits(self.integer_logits))
     }
 
     fn qconfig(&self, bits: u32) -> Result<QConfig, QuantError> {
@@ -123,7 +135,7 @@ pub fn qat<M: MnistModel>(
     let qnet = match config.learned_step {
         // LSQ: steps start from a calibration, then train with observing off.
         true => set_observing(calibrated(net, bits, train_set, config, progress)?, false).train(),
-        false => net.clone().train().with_qconfig(&config.qconfig(bits)?)?,
+        false => config.quantized(&net.clone().train(), bits)?,
     };
     let forward = |m: &M, x| m.logits(x, Mode::FakeQuant);
     let qnet = train(qnet, train_set, &config.qat, forward, progress);
@@ -140,7 +152,7 @@ fn calibrated<M: MnistModel>(
     config: &PipelineConfig,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<M, QuantError> {
-    let qnet = net.with_qconfig(&config.qconfig(bits)?)?;
+    let qnet = config.quantized(net, bits)?;
     calibrate(
         train_set,
         config.calib_batches,

@@ -81,6 +81,10 @@ struct Args {
     /// Weights symmetric on the narrow range, per output channel (from 2 bits; ternary at 2).
     #[arg(long)]
     symmetric_weights: bool,
+    /// Integer logits: the classifier's i32 accumulator, dequantized, is the output (the
+    /// seed's protocol quantizes the logits at the bit width too).
+    #[arg(long)]
+    integer_logits: bool,
     /// Skip PTQ or QAT.
     #[arg(long, value_parser = ["ptq", "qat"])]
     only: Option<String>,
@@ -229,6 +233,7 @@ fn run<M: MnistModel>(args: &Args) {
         ema_momentum: args.ema_momentum,
         learned_step: args.lsq,
         symmetric_weights: args.symmetric_weights,
+        integer_logits: args.integer_logits,
         ..PipelineConfig::reference()
     };
     println!(

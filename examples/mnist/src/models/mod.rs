@@ -22,6 +22,10 @@ pub trait MnistModel: Module + Sized {
     /// Logits `[n, 10]` for images `[n, 1, 28, 28]`, in `x`'s mode.
     fn forward(&self, x: QTensor<4>) -> QTensor<2>;
 
+    /// The same model with integer logits (`true`): the classifier's i32 accumulator,
+    /// dequantized, is the output instead of logits requantized to the activation grid.
+    fn with_integer_logits(self, integer_logits: bool) -> Self;
+
     /// Real-valued logits of `x` computed in `mode`.
     fn logits(&self, x: Tensor<4>, mode: Mode) -> Tensor<2> {
         self.forward(QTensor::new(x, mode)).dequantize()

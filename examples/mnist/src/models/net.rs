@@ -49,6 +49,13 @@ impl MnistModel for Net {
 
     /// ReLU and max-pooling commute (both are monotone, exactly so on a grid): pooling first
     /// leaves the ReLU a quarter of the values.
+    fn with_integer_logits(self, integer_logits: bool) -> Self {
+        Self {
+            fc: self.fc.with_integer_output(integer_logits),
+            ..self
+        }
+    }
+
     fn forward(&self, x: QTensor<4>) -> QTensor<2> {
         let x = self.relu.forward(self.pool.forward(self.conv1.forward(x)));
         let x = self.relu.forward(self.pool.forward(self.conv2.forward(x)));

@@ -54,6 +54,13 @@ impl MnistModel for NetBN {
         }
     }
 
+    fn with_integer_logits(self, integer_logits: bool) -> Self {
+        Self {
+            fc: self.fc.with_integer_output(integer_logits),
+            ..self
+        }
+    }
+
     fn forward(&self, x: QTensor<4>) -> QTensor<2> {
         let x = self.pool.forward(self.conv1.forward(x));
         let x = self.pool.forward(self.conv2.forward(x));
