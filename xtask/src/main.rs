@@ -120,6 +120,10 @@ struct SweepArgs {
     /// seed's protocol quantizes the logits at the bit width too).
     #[arg(long)]
     integer_logits: bool,
+    /// Hold out the last N training images and evaluate on them instead of the test set (for
+    /// choosing settings; the float model is trained without them).
+    #[arg(long)]
+    validation: Option<usize>,
 }
 
 /// An EMA momentum: the weight of each new batch, in (0, 1].
@@ -154,6 +158,7 @@ impl SweepArgs {
             calib_batches: self.calib_batches.unwrap_or(if quick { 20 } else { 200 }),
             seed: self.seed.unwrap_or(1),
             train_limit: quick.then_some(12_800),
+            validation: self.validation,
             test_limit: quick.then_some(2_000),
             float_bias: self.float_bias,
             ema_momentum: self.ema_momentum,

@@ -36,6 +36,9 @@ pub struct SweepConfig {
     pub seed: u64,
     /// Training images used (all when `None`).
     pub train_limit: Option<usize>,
+    /// The last N training images held out and evaluated on instead of the test set.
+    #[serde(default)]
+    pub validation: Option<usize>,
     /// Test images used (all when `None`).
     pub test_limit: Option<usize>,
     /// Bias kept in float in the fake-quantized model.
@@ -56,13 +59,19 @@ pub struct SweepConfig {
 
 impl SweepConfig {
     /// The part of the configuration the float model depends on, and the version of the
-    /// checkpoint's layout (2: the models written with burn-quant's one-forward layers).
+    /// checkpoint's layout (2: the models written with burn-quant's one-forward layers; the
+    /// observers' learned steps are optional in it).
     pub fn float_key(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut key = serde_json::json!({
             "layout": 2,
             "model": self.model, "epochs": self.epochs, "lr": self.lr,
             "momentum": self.momentum, "seed": self.seed, "train_limit": self.train_limit,
-        })
+        });
+        // Only when set, so that the checkpoints of earlier runs stay valid.
+        if let Some(n) = self.validation {
+            key["validation"] = n.into();
+        }
+        key
     }
 }
 
@@ -310,6 +319,7 @@ pub(crate) mod tests {
             calib_batches: 20,
             seed: 1,
             train_limit: Some(1000),
+            validation: None,
             test_limit: None,
             float_bias: false,
             ema_momentum: None,

@@ -117,6 +117,7 @@ impl Sweep {
             }
         };
         push("--train-limit", c.train_limit.map(|n| n.to_string()));
+        push("--validation", c.validation.map(|n| n.to_string()));
         push("--test-limit", c.test_limit.map(|n| n.to_string()));
         push(
             "--data-dir",

@@ -103,6 +103,23 @@ impl MnistSplit {
         }
     }
 
+    /// The split cut before its last `n` images: `(first len − n, last n)` (a held-out
+    /// validation set from the training images; `n` is capped at `len`).
+    pub fn split_last(&self, n: usize) -> (Self, Self) {
+        let keep = self.len() - n.min(self.len());
+        let (pixels, labels) = (keep * IMAGE_PIXELS, keep);
+        (
+            Self {
+                pixels: self.pixels[..pixels].to_vec(),
+                labels: self.labels[..labels].to_vec(),
+            },
+            Self {
+                pixels: self.pixels[pixels..].to_vec(),
+                labels: self.labels[labels..].to_vec(),
+            },
+        )
+    }
+
     /// All images as one normalised tensor `[len, 1, 28, 28]` and labels `[len]` on `device`.
     pub fn to_tensors(&self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
         let pixels: Vec<f32> = self
@@ -335,6 +352,25 @@ mod tests {
             assert_eq!(mnist.train.pixels[300], (300 % 256) as u8);
             std::fs::remove_dir_all(dir).ok();
         }
+    }
+
+    #[test]
+    fn split_last_holds_out_the_tail() {
+        let split = MnistSplit {
+            pixels: (0..3 * IMAGE_PIXELS)
+                .map(|i| (i / IMAGE_PIXELS) as u8)
+                .collect(),
+            labels: vec![7, 8, 9],
+        };
+        let (train, validation) = split.split_last(1);
+        assert_eq!(
+            (train.labels, validation.labels.clone()),
+            (vec![7, 8], vec![9])
+        );
+        assert_eq!(validation.pixels, vec![2; IMAGE_PIXELS]);
+        assert_eq!(train.pixels.len(), 2 * IMAGE_PIXELS);
+        let (none, all) = split.split_last(10);
+        assert_eq!((none.len(), all.len()), (0, 3));
     }
 
     #[test]

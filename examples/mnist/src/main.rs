@@ -61,6 +61,10 @@ struct Args {
     /// Use only the first N training images (for quick runs).
     #[arg(long)]
     train_limit: Option<usize>,
+    /// Hold out the last N training images as a validation set and evaluate on it instead of
+    /// the test set (for choosing settings without looking at the test set).
+    #[arg(long)]
+    validation: Option<usize>,
     /// Use only the first N test images (for quick runs).
     #[arg(long)]
     test_limit: Option<usize>,
@@ -164,13 +168,21 @@ fn run<M: MnistModel>(args: &Args) {
     let device = backend.device();
     eprintln!("backend: {}", backend.name());
     let mnist = Mnist::load(args.data_dir.as_deref()).unwrap_or_else(|e| fail(e));
-    let train_split = match args.train_limit {
-        Some(n) => mnist.train.take(n),
-        None => mnist.train.clone(),
+    let (train_split, test_split) = match args.validation {
+        Some(n) => {
+            let (train, validation) = mnist.train.split_last(n);
+            eprintln!(
+                "evaluating on the last {} training images (validation)",
+                validation.len()
+            );
+            (train, validation)
+        }
+        None => (mnist.train.clone(), mnist.test.clone()),
     };
+    let train_split = train_split.take(args.train_limit.unwrap_or(usize::MAX));
     let train_set = Dataset::from_mnist(&train_split, &device);
     let test_set = Dataset::from_mnist(
-        &mnist.test.take(args.test_limit.unwrap_or(usize::MAX)),
+        &test_split.take(args.test_limit.unwrap_or(usize::MAX)),
         &device,
     );
 
