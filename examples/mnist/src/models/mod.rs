@@ -4,7 +4,7 @@
 mod net;
 mod net_bn;
 
-use burn::module::Module;
+use burn::module::{Module, ParamGroup};
 use burn::tensor::{Device, Tensor};
 
 use burn_quant::nn::{Mode, QConfig, QTensor};
@@ -32,8 +32,8 @@ pub trait MnistModel: Module + Sized {
     }
 
     /// The same weights (and BatchNorm statistics) in a model quantized with `qconfig`, with
-    /// observers reset to `self`'s (none after float training) and observing on; learned steps
-    /// ([`QConfig::learned_step`]) that `self` has not start at their initial value.
+    /// fresh observers (their schemes, per tensor or per channel, come from `qconfig`) and
+    /// observing on.
     fn with_qconfig(&self, qconfig: &QConfig) -> Result<Self, QuantError> {
         let device = self
             .devices()
@@ -41,8 +41,14 @@ pub trait MnistModel: Module + Sized {
             .next()
             .ok_or(QuantError::NoDevice)?;
         let model = Self::new(qconfig, &device)
-            // Partial: a learned step (LSQ) that `self` lacks keeps its initial value.
-            .try_load_record(self.clone().into_record().allow_partial(true))
+            // Everything but the observers, which `qconfig` shapes anew.
+            .try_load_record(
+                self.clone()
+                    .into_record_group(
+                        ParamGroup::all().exclude(ParamGroup::from_predicate("observers")),
+                    )
+                    .allow_partial(true),
+            )
             .map_err(|e| QuantError::IncompatibleRecord {
                 reason: e.to_string(),
             })?;
