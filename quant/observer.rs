@@ -264,8 +264,8 @@ impl MinMaxObserver {
         }
         if let Some(qparams) = self.learned_qparams() {
             let channels = qparams.scale.dims()[0];
-            let zero_points = qparams.to_host().1;
-            let top = zero_points.iter().copied().max().unwrap_or(0);
+            // The largest zero point leaves the fewest positive levels.
+            let top = qparams.zero_point.clone().max().into_scalar::<f32>() as i32;
             let grad_scale = lsq_grad_scale(
                 x.shape().num_elements() / channels,
                 self.scheme.qmax() - top,

@@ -140,14 +140,7 @@ pub enum Ste {
 /// assert_eq!(y, vec![-2.0 * s, -s, 0.0, s]);
 /// ```
 pub fn fake_quant<const D: usize>(x: Tensor<D>, qparams: &QParams, ste: Ste) -> Tensor<D> {
-    let (axis, channels) = qparams.axis_and_channels();
-    if channels > 1 {
-        assert!(
-            axis < D && x.dims()[axis] == channels,
-            "fake_quant: {channels} per-channel parameters along axis {axis} do not fit a tensor of shape {:?}",
-            x.dims()
-        );
-    }
+    let axis = channel_axis("fake_quant", &x, qparams);
     fake_quant_on_grid(
         x,
         qparams.scale.clone(),
@@ -195,14 +188,7 @@ pub fn lsq_fake_quant<const D: usize>(
     qparams: &QParams,
     grad_scale: f32,
 ) -> Tensor<D> {
-    let (axis, channels) = qparams.axis_and_channels();
-    if channels > 1 {
-        assert!(
-            axis < D && x.dims()[axis] == channels,
-            "lsq_fake_quant: {channels} per-channel parameters along axis {axis} do not fit a tensor of shape {:?}",
-            x.dims()
-        );
-    }
+    let axis = channel_axis("lsq_fake_quant", &x, qparams);
     let out = Dispatch::fake_quant_lsq(
         x.into_dispatch(),
         qparams.scale.clone().into_dispatch(),
@@ -213,6 +199,23 @@ pub fn lsq_fake_quant<const D: usize>(
         grad_scale,
     );
     Tensor::from_dispatch(out)
+}
+
+/// The channel axis of `qparams` for `x`.
+///
+/// # Panics
+/// When a per-channel parameter count does not match `x`'s size along the axis (`op` names
+/// the caller).
+fn channel_axis<const D: usize>(op: &str, x: &Tensor<D>, qparams: &QParams) -> usize {
+    let (axis, channels) = qparams.axis_and_channels();
+    if channels > 1 {
+        assert!(
+            axis < D && x.dims()[axis] == channels,
+            "{op}: {channels} per-channel parameters along axis {axis} do not fit a tensor of shape {:?}",
+            x.dims()
+        );
+    }
+    axis
 }
 
 /// LSQ's gradient scale `1 / sqrt(N · Q_P)` for a step shared by `elements` values on a grid

@@ -106,7 +106,7 @@ struct SweepArgs {
     #[arg(long)]
     float_bias: bool,
     /// EMA momentum of the observers, e.g. 0.01 [the seed's running min/max].
-    #[arg(long, value_parser = parse_momentum)]
+    #[arg(long, value_parser = burn_quant_mnist_protocol::parse_momentum)]
     ema_momentum: Option<f64>,
     /// LSQ: QAT learns every step size (learned step size quantization), starting from a PTQ
     /// calibration.
@@ -124,16 +124,6 @@ struct SweepArgs {
     /// choosing settings; the float model is trained without them).
     #[arg(long)]
     validation: Option<usize>,
-}
-
-/// An EMA momentum: the weight of each new batch, in (0, 1].
-fn parse_momentum(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(m) if m > 0.0 && m <= 1.0 => Ok(m),
-        _ => Err(format!(
-            "EMA momentum must be a number in (0, 1], got `{s}`"
-        )),
-    }
 }
 
 /// A list of bit widths.

@@ -98,6 +98,17 @@ impl WorkerMessage {
     }
 }
 
+/// Parses an EMA momentum, the weight of each new batch, in `(0, 1]` (the worker's and
+/// `cargo xtask sweep`'s `--ema-momentum`).
+pub fn parse_momentum(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(m) if m > 0.0 && m <= 1.0 => Ok(m),
+        _ => Err(format!(
+            "EMA momentum must be a number in (0, 1], got `{s}`"
+        )),
+    }
+}
+
 /// Parses bit widths: a range `1..8`, `1..=8` or `1-8`, a list `2,4,8`, or both (`1-3,8`);
 /// sorted, without duplicates, each in `1..=16`.
 ///

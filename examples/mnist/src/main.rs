@@ -77,7 +77,7 @@ struct Args {
     #[arg(long)]
     float_bias: bool,
     /// EMA momentum of the observers (default: the reference's running min/max).
-    #[arg(long, value_parser = parse_momentum)]
+    #[arg(long, value_parser = burn_quant_mnist_protocol::parse_momentum)]
     ema_momentum: Option<f64>,
     /// LSQ: QAT learns every step size, starting from a PTQ calibration.
     #[arg(long)]
@@ -106,16 +106,6 @@ struct BitList(Vec<u32>);
 
 fn bit_list(s: &str) -> Result<BitList, String> {
     parse_bits(s).map(BitList)
-}
-
-/// An EMA momentum: the weight of each new batch, in (0, 1].
-fn parse_momentum(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(m) if m > 0.0 && m <= 1.0 => Ok(m),
-        _ => Err(format!(
-            "EMA momentum must be a number in (0, 1], got `{s}`"
-        )),
-    }
 }
 
 /// A progress line per 10 % of a phase, with an ETA; with `--messages`, a progress message per
