@@ -14,7 +14,9 @@ mod simd;
 
 pub use backend::default_device;
 pub use error::QuantError;
-pub use fake_quant::{FakeQuantBackend, Ste, fake_quant, lsq_fake_quant, lsq_grad_scale};
+pub use fake_quant::{
+    FakeQuantBackend, Ste, bipolar_fake_quant, fake_quant, lsq_fake_quant, lsq_grad_scale,
+};
 pub use freeze::freeze;
 pub use observer::{LearnedStep, MinMaxObserver, MinMaxObserverConfig, set_observing};
 pub use qparams::{QParams, check_bounds, dequantize, quantize};

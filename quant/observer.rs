@@ -5,7 +5,8 @@ use burn::module::{Flag, Module, ModuleMapper, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 
 use crate::{
-    Granularity, QParams, QScheme, QuantError, Ste, fake_quant, lsq_fake_quant, lsq_grad_scale,
+    Granularity, QParams, QScheme, QuantError, Ste, bipolar_fake_quant, fake_quant, lsq_fake_quant,
+    lsq_grad_scale,
 };
 
 /// Configuration of a [`MinMaxObserver`].
@@ -182,23 +183,45 @@ impl MinMaxObserver {
         commit(&self.updates, updates + 1.0);
     }
 
+    /// The batch's `(min, max)`, per channel or per tensor; for a bipolar scheme
+    /// `(-mean|x|, mean|x|)`, whose step `mean|x|` minimises the squared error of `S·sign(x)`.
     fn batch_range<const D: usize>(&self, x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
+        if self.scheme.is_bipolar() {
+            let mean_abs = match self.scheme.granularity() {
+                Granularity::PerTensor => x.abs().mean(),
+                Granularity::PerChannel { axis } => {
+                    let rows = self.channel_rows(x, axis);
+                    let channels = rows.dims()[0];
+                    rows.abs().mean_dim(1).reshape([channels])
+                }
+            };
+            return (mean_abs.clone().neg(), mean_abs);
+        }
         match self.scheme.granularity() {
             Granularity::PerTensor => (x.clone().min(), x.max()),
             Granularity::PerChannel { axis } => {
-                assert!(
-                    axis < D,
-                    "{}",
-                    QuantError::AxisOutOfBounds { axis, rank: D }
-                );
-                let channels = x.dims()[axis];
-                let rows: Tensor<2> = x.swap_dims(0, axis).reshape([channels as i32, -1]);
+                let rows = self.channel_rows(x, axis);
+                let channels = rows.dims()[0];
                 (
                     rows.clone().min_dim(1).reshape([channels]),
                     rows.max_dim(1).reshape([channels]),
                 )
             }
         }
+    }
+
+    /// `x` as one row per index along `axis`.
+    ///
+    /// # Panics
+    /// When `axis` is not an axis of `x`.
+    fn channel_rows<const D: usize>(&self, x: Tensor<D>, axis: usize) -> Tensor<2> {
+        assert!(
+            axis < D,
+            "{}",
+            QuantError::AxisOutOfBounds { axis, rank: D }
+        );
+        let channels = x.dims()[axis];
+        x.swap_dims(0, axis).reshape([channels as i32, -1])
     }
 
     /// The current range `(min, max)` (not yet widened to contain 0).
@@ -270,10 +293,18 @@ impl MinMaxObserver {
                 x.shape().num_elements() / channels,
                 self.scheme.qmax() - top,
             );
-            return (lsq_fake_quant(x, &qparams, grad_scale), qparams);
+            let y = match self.scheme.is_bipolar() {
+                true => bipolar_fake_quant(x, &qparams, self.ste, grad_scale),
+                false => lsq_fake_quant(x, &qparams, grad_scale),
+            };
+            return (y, qparams);
         }
         let qparams = self.range_qparams();
-        (fake_quant(x, &qparams, self.ste), qparams)
+        let y = match self.scheme.is_bipolar() {
+            true => bipolar_fake_quant(x, &qparams, self.ste, 1.0),
+            false => fake_quant(x, &qparams, self.ste),
+        };
+        (y, qparams)
     }
 }
 

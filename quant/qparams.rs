@@ -13,6 +13,7 @@ use crate::{Granularity, QMode, QScheme, QuantError};
 /// Computation follows the reference (affine): the range is widened to contain 0,
 /// `S = (max - min) / (qmax - qmin)`, `Z = clamp(round(qmax - max / S), qmin, qmax)`.
 /// Symmetric: `S = max(|min|, |max|) / ((qmax - qmin) / 2)`, `Z` fixed at the middle of the grid.
+/// Bipolar: `S = max(|min|, |max|)` (its observer's range is `±mean|x|`), `Z = 0`.
 ///
 /// **Degenerate range.** When the widened range is empty (`min == max == 0`, e.g. an all-zero
 /// tensor or an observer that never saw data) the scale is defined as 1, never 0 or NaN; the
@@ -44,7 +45,7 @@ impl QParams {
                     .clamp(qmin, qmax);
                 (scale, zero_point)
             }
-            QMode::Symmetric => {
+            QMode::Symmetric | QMode::Bipolar => {
                 let amax = min.abs().max_pair(max);
                 let scale = nonzero_scale(amax / ((qmax - qmin) / 2.0));
                 let zero_point = scale.zeros_like() + scheme.symmetric_zero_point() as f32;
@@ -156,6 +157,9 @@ fn nonzero_scale(scale: Tensor<1>) -> Tensor<1> {
 /// assert!((back[2] - 1.0).abs() < 1e-6);
 /// ```
 pub fn quantize<const D: usize>(x: Tensor<D>, qparams: &QParams) -> Tensor<D, Int> {
+    if qparams.scheme.is_bipolar() {
+        return x.greater_equal_elem(0.0).int() * 2 - 1;
+    }
     let (scale, zero_point) = qparams.broadcast::<D>();
     let (qmin, qmax) = (qparams.scheme.qmin() as f32, qparams.scheme.qmax() as f32);
     (x.div(scale).round() + zero_point).clamp(qmin, qmax).int()

@@ -29,6 +29,10 @@ pub enum QMode {
     /// Scale from `max(|min|, |max|)`, zero point fixed at the middle of the grid
     /// (0 when signed, `2^(b-1)` when unsigned).
     Symmetric,
+    /// Binary `{-S, +S}`: the integer is the sign (`-1` or `+1`, `sign(0) = +1`), the scale
+    /// `S` the mean absolute value its observer saw (XNOR-Net's `α`), zero point 0. One bit,
+    /// signed only ([`QScheme::bipolar`]).
+    Bipolar,
 }
 
 /// One set of quantization parameters for the whole tensor, or one per channel.
@@ -115,6 +119,11 @@ impl QScheme {
                 max: MAX_BITS,
             });
         }
+        if mode == QMode::Bipolar && (bits != 1 || signedness != Signedness::Signed) {
+            return Err(QuantError::InvalidSetting(format!(
+                "a bipolar grid is signed with 1 bit, got {bits} {signedness:?} bits"
+            )));
+        }
         Ok(Self {
             bits,
             signedness,
@@ -133,7 +142,7 @@ impl QScheme {
     /// The same signed scheme without its most negative level (narrow range); fails for an
     /// unsigned scheme or below 2 bits.
     pub fn narrow(self) -> Result<Self, QuantError> {
-        if self.signedness != Signedness::Signed || self.bits < 2 {
+        if self.signedness != Signedness::Signed || self.bits < 2 || self.is_bipolar() {
             return Err(QuantError::InvalidSetting(format!(
                 "a narrow range needs a signed grid of at least 2 bits, got {} {:?} bits",
                 self.bits, self.signedness
@@ -145,9 +154,25 @@ impl QScheme {
         })
     }
 
+    /// Whether the grid is binary `{-1, +1}` ([`QMode::Bipolar`]).
+    pub fn is_bipolar(&self) -> bool {
+        self.mode == QMode::Bipolar
+    }
+
     /// Whether the most negative level of a signed grid is left out.
     pub fn is_narrow(&self) -> bool {
         self.narrow
+    }
+
+    /// Binary per-tensor `{-S, +S}` ([`QMode::Bipolar`]): 1 bit, signed, zero point 0.
+    pub fn bipolar() -> Self {
+        Self::new(
+            1,
+            Signedness::Signed,
+            QMode::Bipolar,
+            Granularity::PerTensor,
+        )
+        .expect("1 signed bit is a valid bipolar grid")
     }
 
     /// Unsigned affine per-tensor: the reference's scheme for weights and activations.
@@ -198,7 +223,7 @@ impl QScheme {
         self.granularity
     }
 
-    /// Smallest integer of the grid.
+    /// Smallest integer of the grid (for a bipolar grid `-1`; its levels are `-1` and `+1`).
     pub fn qmin(&self) -> i32 {
         match self.signedness {
             Signedness::Unsigned => 0,
@@ -208,6 +233,9 @@ impl QScheme {
 
     /// Largest integer of the grid.
     pub fn qmax(&self) -> i32 {
+        if self.is_bipolar() {
+            return 1;
+        }
         match self.signedness {
             Signedness::Unsigned => (1i32 << self.bits) - 1,
             Signedness::Signed => (1i32 << (self.bits - 1)) - 1,

@@ -201,6 +201,63 @@ pub fn lsq_fake_quant<const D: usize>(
     Tensor::from_dispatch(out)
 }
 
+/// Binary fake-quantization `y = S·sign(x)` (`sign(0) = +1`) for a bipolar scheme
+/// ([`crate::QMode::Bipolar`]), with `S` from `qparams.scale` (per tensor or per channel).
+///
+/// Backward: `dL/dx = dL/dy` with [`Ste::Identity`], `dL/dy · 1[|x| <= S]` with
+/// [`Ste::Clipped`] (BinaryConnect's hard-tanh STE at the scale); when `S` is tracked (a
+/// learned step), `dL/dS = grad_scale · Σ dL/dy · sign(x)` per channel. Written with Burn's
+/// tensor ops, so it runs on every backend.
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use burn_quant::{QParams, QScheme, Ste, bipolar_fake_quant, default_device};
+/// let device = default_device().unwrap().autodiff();
+/// let scheme = QScheme::bipolar();
+/// let step = Tensor::<1>::from_floats([0.5], &device).require_grad();
+/// let qparams = QParams { scale: step.clone(), zero_point: Tensor::zeros([1], &device), scheme };
+/// let x = Tensor::<1>::from_floats([-0.2, 0.0, 0.9], &device).require_grad();
+/// let y = bipolar_fake_quant(x.clone(), &qparams, Ste::Clipped, 1.0);
+/// assert_eq!(y.clone().into_data().try_to_vec::<f32>().unwrap(), vec![-0.5, 0.5, 0.5]);
+/// let grads = y.sum().backward();
+/// assert_eq!(x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap(), vec![1.0, 1.0, 0.0]);
+/// // -1 + 1 + 1
+/// assert_eq!(step.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap(), vec![1.0]);
+/// ```
+///
+/// # Panics
+/// When the scheme is not bipolar, or a per-channel parameter count does not match the
+/// tensor's size along the axis.
+pub fn bipolar_fake_quant<const D: usize>(
+    x: Tensor<D>,
+    qparams: &QParams,
+    ste: Ste,
+    grad_scale: f32,
+) -> Tensor<D> {
+    assert!(
+        qparams.scheme.is_bipolar(),
+        "bipolar_fake_quant needs a bipolar scheme, got {:?}",
+        qparams.scheme
+    );
+    channel_axis("bipolar_fake_quant", &x, qparams);
+    let (scale, _) = qparams.broadcast::<D>();
+    // Forward `S`, backward `grad_scale · dL/dS` (LSQ's gradient scale).
+    let scaled = scale.clone() * grad_scale;
+    let scale_for_grad = scaled.clone() - scaled.detach() + scale.clone().detach();
+    let sign = x.clone().detach().greater_equal_elem(0.0).float() * 2.0 - 1.0;
+    // Zero in the forward pass, the STE's gradient in the backward pass.
+    let straight = x.clone() - x.clone().detach();
+    let straight = match ste {
+        Ste::Identity => straight,
+        Ste::Clipped => {
+            let scale = scale.detach().expand(x.shape());
+            let inside = x.detach().abs().lower_equal(scale).float();
+            straight * inside
+        }
+    };
+    sign * scale_for_grad + straight
+}
+
 /// The channel axis of `qparams` for `x`.
 ///
 /// # Panics

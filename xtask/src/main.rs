@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use results::{Results, SweepConfig};
+use results::{LrSchedule, OptimizerKind, Results, SweepConfig};
 
 #[derive(Parser)]
 #[command(about = "burn-quant tasks", version)]
@@ -120,6 +120,21 @@ struct SweepArgs {
     /// seed's protocol quantizes the logits at the bit width too).
     #[arg(long)]
     integer_logits: bool,
+    /// QAT optimizer: sgd (with --momentum) or adam [sgd].
+    #[arg(long, value_parser = OptimizerKind::parse)]
+    qat_optimizer: Option<OptimizerKind>,
+    /// QAT learning-rate schedule: constant or cosine [constant].
+    #[arg(long, value_parser = LrSchedule::parse)]
+    qat_schedule: Option<LrSchedule>,
+    /// QAT weight decay, not applied to learned step sizes [0].
+    #[arg(long)]
+    qat_weight_decay: Option<f64>,
+    /// QAT: observers stop observing after this many steps [never].
+    #[arg(long)]
+    freeze_observers_after: Option<usize>,
+    /// QAT: BatchNorm statistics frozen after this many steps (netbn) [never].
+    #[arg(long)]
+    freeze_bn_after: Option<usize>,
     /// Hold out the last N training images and evaluate on them instead of the test set (for
     /// choosing settings; the float model is trained without them).
     #[arg(long)]
@@ -155,6 +170,11 @@ impl SweepArgs {
             lsq: self.lsq,
             symmetric_weights: self.symmetric_weights,
             integer_logits: self.integer_logits,
+            qat_optimizer: self.qat_optimizer.unwrap_or(OptimizerKind::Sgd),
+            qat_schedule: self.qat_schedule.unwrap_or(LrSchedule::Constant),
+            qat_weight_decay: self.qat_weight_decay.unwrap_or(0.0),
+            freeze_observers_after: self.freeze_observers_after,
+            freeze_bn_after: self.freeze_bn_after,
         }
     }
 }

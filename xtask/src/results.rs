@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-pub use burn_quant_mnist_protocol::{Method as Mode, ModeResult};
+pub use burn_quant_mnist_protocol::{LrSchedule, Method as Mode, ModeResult, OptimizerKind};
 
 /// The published numbers of the seed article (MNIST test accuracy, %, bits 1..=8).
 pub const SEED_PTQ: [f64; 8] = [10.0, 47.0, 83.0, 96.0, 98.0, 98.0, 98.0, 98.0];
@@ -55,6 +55,29 @@ pub struct SweepConfig {
     /// Integer logits (the classifier's accumulator is the output).
     #[serde(default)]
     pub integer_logits: bool,
+    /// QAT optimizer.
+    #[serde(default = "sgd")]
+    pub qat_optimizer: OptimizerKind,
+    /// QAT learning-rate schedule.
+    #[serde(default = "constant")]
+    pub qat_schedule: LrSchedule,
+    /// QAT weight decay.
+    #[serde(default)]
+    pub qat_weight_decay: f64,
+    /// QAT: observers stop observing after this many steps.
+    #[serde(default)]
+    pub freeze_observers_after: Option<usize>,
+    /// QAT: BatchNorm statistics frozen after this many steps.
+    #[serde(default)]
+    pub freeze_bn_after: Option<usize>,
+}
+
+fn sgd() -> OptimizerKind {
+    OptimizerKind::Sgd
+}
+
+fn constant() -> LrSchedule {
+    LrSchedule::Constant
 }
 
 impl SweepConfig {
@@ -326,6 +349,11 @@ pub(crate) mod tests {
             lsq: false,
             symmetric_weights: false,
             integer_logits: false,
+            qat_optimizer: OptimizerKind::Sgd,
+            qat_schedule: LrSchedule::Constant,
+            qat_weight_decay: 0.0,
+            freeze_observers_after: None,
+            freeze_bn_after: None,
         }
     }
 

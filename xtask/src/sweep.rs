@@ -139,6 +139,22 @@ impl Sweep {
         if c.float_bias {
             args.push("--float-bias".into());
         }
+        args.extend([
+            "--qat-optimizer".into(),
+            c.qat_optimizer.name().into(),
+            "--qat-schedule".into(),
+            c.qat_schedule.name().into(),
+            "--qat-weight-decay".into(),
+            c.qat_weight_decay.to_string(),
+        ]);
+        let mut push = |flag: &str, value: Option<usize>| {
+            if let Some(v) = value {
+                args.push(flag.into());
+                args.push(v.to_string());
+            }
+        };
+        push("--freeze-observers-after", c.freeze_observers_after);
+        push("--freeze-bn-after", c.freeze_bn_after);
         args
     }
 

@@ -98,6 +98,84 @@ impl WorkerMessage {
     }
 }
 
+/// The optimizer of a training loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum (PyTorch semantics: no dampening).
+    Sgd,
+    /// Adam (β = 0.9, 0.999); `momentum` is not used.
+    Adam,
+}
+
+impl OptimizerKind {
+    /// Parses `sgd` or `adam`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "sgd" => Ok(Self::Sgd),
+            "adam" => Ok(Self::Adam),
+            _ => Err(format!("optimizer must be `sgd` or `adam`, got `{name}`")),
+        }
+    }
+
+    /// Lower-case name, as [`OptimizerKind::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sgd => "sgd",
+            Self::Adam => "adam",
+        }
+    }
+}
+
+/// How the learning rate changes over a training run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The same learning rate at every step.
+    Constant,
+    /// Cosine annealing from the learning rate to 0 over all steps (no restarts).
+    Cosine,
+}
+
+impl LrSchedule {
+    /// Parses `constant` or `cosine`.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "constant" => Ok(Self::Constant),
+            "cosine" => Ok(Self::Cosine),
+            _ => Err(format!(
+                "learning-rate schedule must be `constant` or `cosine`, got `{name}`"
+            )),
+        }
+    }
+
+    /// Lower-case name, as [`LrSchedule::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Constant => "constant",
+            Self::Cosine => "cosine",
+        }
+    }
+
+    /// The learning rate at step `step` of `total` for a base rate `lr`.
+    ///
+    /// ```
+    /// use burn_quant_mnist_protocol::LrSchedule;
+    /// assert_eq!(LrSchedule::Constant.lr_at(0.1, 5, 10), 0.1);
+    /// assert_eq!(LrSchedule::Cosine.lr_at(0.1, 0, 10), 0.1);
+    /// assert!((LrSchedule::Cosine.lr_at(0.1, 5, 10) - 0.05).abs() < 1e-12);
+    /// ```
+    pub fn lr_at(self, lr: f64, step: usize, total: usize) -> f64 {
+        match self {
+            Self::Constant => lr,
+            Self::Cosine => {
+                let t = step as f64 / total.max(1) as f64;
+                0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
 /// Parses an EMA momentum, the weight of each new batch, in `(0, 1]` (the worker's and
 /// `cargo xtask sweep`'s `--ema-momentum`).
 pub fn parse_momentum(s: &str) -> Result<f64, String> {

@@ -32,12 +32,17 @@ pub struct PipelineConfig {
     /// and the steps ([`QConfig::learned_step`]) with observing off.
     pub learned_step: bool,
     /// Weights symmetric on the narrow signed range, one step per output channel (ternary at
-    /// 2 bits); at 1 bit, where that range is empty, the seed's affine weights.
+    /// 2 bits); at 1 bit, where that range is empty, binary `{-α, +α}` per output channel
+    /// ([`QScheme::bipolar`]).
     pub symmetric_weights: bool,
     /// The protocol "integer logits": the classifier's i32 accumulator, dequantized, is the
     /// output (the input and every hidden tensor stay at `bits`); otherwise the seed's
     /// protocol, logits at `bits` too.
     pub integer_logits: bool,
+    /// QAT: observers stop observing before this step (0-based) and keep their ranges.
+    pub freeze_observers_after: Option<usize>,
+    /// QAT: BatchNorm statistics are frozen before this step (models with BatchNorm).
+    pub freeze_bn_after: Option<usize>,
 }
 
 impl PipelineConfig {
@@ -57,6 +62,8 @@ impl PipelineConfig {
             learned_step: false,
             symmetric_weights: false,
             integer_logits: false,
+            freeze_observers_after: None,
+            freeze_bn_after: None,
         }
     }
 
@@ -69,10 +76,11 @@ impl PipelineConfig {
 
     fn qconfig(&self, bits: u32) -> Result<QConfig, QuantError> {
         let reference = QConfig::reference(bits)?;
-        let weight = match self.symmetric_weights && bits >= 2 {
-            // The axis is set by each layer.
-            true => QScheme::symmetric_narrow(bits)?.per_channel(0),
-            false => reference.weight,
+        // The axis is set by each layer.
+        let weight = match (self.symmetric_weights, bits) {
+            (false, _) => reference.weight,
+            (true, 1) => QScheme::bipolar().per_channel(0),
+            (true, _) => QScheme::symmetric_narrow(bits)?.per_channel(0),
         };
         Ok(reference
             .with_weight(weight)
@@ -96,7 +104,7 @@ pub fn train_float<M: MnistModel>(
     let qconfig = QConfig::reference(8).expect("8 bits are supported");
     let net = M::new(&qconfig, &device);
     let forward = |m: &M, x| m.logits(x, Mode::Float);
-    train(net, train_set, config, forward, progress).valid()
+    train(net, train_set, config, forward, &mut |m, _| m, progress).valid()
 }
 
 /// Test accuracy of the float model.
@@ -138,7 +146,24 @@ pub fn qat<M: MnistModel>(
         false => config.quantized(&net.clone().train(), bits)?,
     };
     let forward = |m: &M, x| m.logits(x, Mode::FakeQuant);
-    let qnet = train(qnet, train_set, &config.qat, forward, progress);
+    let mut schedule = |m: M, step: usize| {
+        let m = match config.freeze_observers_after == Some(step) {
+            true => set_observing(m, false),
+            false => m,
+        };
+        match config.freeze_bn_after == Some(step) {
+            true => m.freeze_bn(true),
+            false => m,
+        }
+    };
+    let qnet = train(
+        qnet,
+        train_set,
+        &config.qat,
+        forward,
+        &mut schedule,
+        progress,
+    );
     let qnet = freeze(qnet.valid())?;
     let result = evaluate(&qnet, test, config.eval_batch_size)?;
     Ok((qnet, result))

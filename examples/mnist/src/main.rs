@@ -20,7 +20,7 @@ use burn_quant_mnist::data::Mnist;
 use burn_quant_mnist::experiment::{self, PipelineConfig};
 use burn_quant_mnist::models::{MnistModel, Net, NetBN};
 use burn_quant_mnist::protocol::{Method, WorkerMessage, parse_bits};
-use burn_quant_mnist::train::{Progress, TrainConfig};
+use burn_quant_mnist::train::{LrSchedule, OptimizerKind, Progress, TrainConfig};
 use clap::Parser;
 
 /// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
@@ -49,6 +49,21 @@ struct Args {
     /// QAT learning rate.
     #[arg(long, default_value_t = 0.001)]
     qat_lr: f64,
+    /// QAT optimizer: `sgd` (with `--momentum`) or `adam`.
+    #[arg(long, default_value = "sgd", value_parser = OptimizerKind::parse)]
+    qat_optimizer: OptimizerKind,
+    /// QAT learning-rate schedule: `constant` or `cosine` (to 0 over all QAT steps).
+    #[arg(long, default_value = "constant", value_parser = LrSchedule::parse)]
+    qat_schedule: LrSchedule,
+    /// QAT weight decay (L2 penalty; never on learned step sizes).
+    #[arg(long, default_value_t = 0.0)]
+    qat_weight_decay: f64,
+    /// QAT: the observers stop observing after this many steps and keep their ranges.
+    #[arg(long)]
+    freeze_observers_after: Option<usize>,
+    /// QAT: BatchNorm statistics are frozen after this many steps (`netbn`).
+    #[arg(long)]
+    freeze_bn_after: Option<usize>,
     /// SGD momentum (float and QAT).
     #[arg(long, default_value_t = 0.5)]
     momentum: f64,
@@ -180,8 +195,8 @@ fn run<M: MnistModel>(args: &Args) {
         epochs: args.epochs,
         lr: args.lr,
         momentum: args.momentum,
-        batch_size: 64,
         seed: args.seed,
+        ..TrainConfig::reference_float()
     };
     let start = Instant::now();
     let mut trained = false;
@@ -226,6 +241,9 @@ fn run<M: MnistModel>(args: &Args) {
         qat: TrainConfig {
             epochs: args.qat_epochs,
             lr: args.qat_lr,
+            optimizer: args.qat_optimizer,
+            schedule: args.qat_schedule,
+            weight_decay: args.qat_weight_decay,
             ..float_config
         },
         calib_batches: args.calib_batches,
@@ -236,6 +254,8 @@ fn run<M: MnistModel>(args: &Args) {
         learned_step: args.lsq,
         symmetric_weights: args.symmetric_weights,
         integer_logits: args.integer_logits,
+        freeze_observers_after: args.freeze_observers_after,
+        freeze_bn_after: args.freeze_bn_after,
         ..PipelineConfig::reference()
     };
     println!(

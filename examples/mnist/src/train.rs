@@ -1,26 +1,36 @@
 //! Training (float and QAT), PTQ calibration and evaluation loops.
 
 use burn::module::Module;
+use burn::module::ParamGroup;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::Tensor;
 
 use crate::dataset::{Dataset, SplitMix64};
+pub use burn_quant_mnist_protocol::{LrSchedule, OptimizerKind};
 
-/// SGD settings (PyTorch semantics: momentum without dampening).
+/// Training settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainConfig {
     /// Passes over the training set.
     pub epochs: usize,
-    /// Learning rate.
+    /// Learning rate (the base rate of `schedule`).
     pub lr: f64,
-    /// Momentum.
+    /// SGD momentum.
     pub momentum: f64,
     /// Batch size.
     pub batch_size: usize,
     /// Seed of the shuffling.
     pub seed: u64,
+    /// SGD or Adam.
+    pub optimizer: OptimizerKind,
+    /// Learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// L2 penalty added to the gradient of the weights (0: none); never applied to learned
+    /// step sizes, which it would shrink towards 0.
+    pub weight_decay: f64,
 }
 
 impl TrainConfig {
@@ -32,6 +42,9 @@ impl TrainConfig {
             momentum: 0.5,
             batch_size: 64,
             seed: 1,
+            optimizer: OptimizerKind::Sgd,
+            schedule: LrSchedule::Constant,
+            weight_decay: 0.0,
         }
     }
 
@@ -41,6 +54,33 @@ impl TrainConfig {
             epochs: 2,
             lr: 0.001,
             ..Self::reference_float()
+        }
+    }
+
+    /// The optimizer these settings describe; learned step sizes (parameters under a
+    /// `learned` module) are optimized without weight decay.
+    fn optimizer(&self) -> ModuleOptimizer {
+        let decay =
+            (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay as f32));
+        let steps = ParamGroup::from_predicate("learned");
+        match self.optimizer {
+            OptimizerKind::Sgd => {
+                let momentum = MomentumConfig::new()
+                    .with_momentum(self.momentum)
+                    .with_dampening(0.0);
+                let sgd = SgdConfig::new().with_momentum(Some(momentum));
+                let plain = sgd.build();
+                sgd.with_weight_decay(decay)
+                    .init()
+                    .with_group(steps, plain, None)
+            }
+            OptimizerKind::Adam => {
+                let adam = AdamConfig::new();
+                let plain = adam.build();
+                adam.with_weight_decay(decay)
+                    .init()
+                    .with_group(steps, plain, None)
+            }
         }
     }
 }
@@ -56,19 +96,18 @@ pub struct Progress {
     pub epoch_loss: Option<f32>,
 }
 
-/// Trains `model` (which must live on an autodiff device) with cross-entropy and SGD, using
-/// `forward` for the logits: the float forward for training, the fake-quantized one for QAT.
+/// Trains `model` (which must live on an autodiff device) with cross-entropy, using `forward`
+/// for the logits: the float forward for training, the fake-quantized one for QAT.
+/// `before_step(model, step)` runs before every step (0-based), e.g. to freeze observers.
 pub fn train<M: Module>(
     mut model: M,
     data: &Dataset,
     config: &TrainConfig,
     forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+    before_step: &mut dyn FnMut(M, usize) -> M,
     progress: &mut dyn FnMut(Progress),
 ) -> M {
-    let momentum = MomentumConfig::new()
-        .with_momentum(config.momentum)
-        .with_dampening(0.0);
-    let mut optim = SgdConfig::new().with_momentum(Some(momentum)).init();
+    let mut optim = config.optimizer();
     let loss_fn = CrossEntropyLossConfig::new().init(&data.images.device());
     let mut rng = SplitMix64::new(config.seed);
     let per_epoch = data.len().div_ceil(config.batch_size);
@@ -79,6 +118,7 @@ pub fn train<M: Module>(
         let batches = data.shuffled_batches(config.batch_size, &mut rng);
         let n_batches = batches.len();
         for (i, indices) in batches.iter().enumerate() {
+            model = before_step(model, done);
             let (x, y) = data.batch(indices);
             let loss = loss_fn.forward(forward(&model, x), y);
             let detached = loss.clone().detach().without_autodiff();
@@ -87,7 +127,8 @@ pub fn train<M: Module>(
                 None => detached,
             });
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(config.lr, model, grads);
+            let lr = config.schedule.lr_at(config.lr, done, total);
+            model = optim.step(lr, model, grads);
             done += 1;
             let epoch_loss = (i + 1 == n_batches).then(|| {
                 let sum = loss_sum.take().expect("at least one batch");

@@ -26,6 +26,13 @@ pub trait MnistModel: Module + Sized {
     /// dequantized, is the output instead of logits requantized to the activation grid.
     fn with_integer_logits(self, integer_logits: bool) -> Self;
 
+    /// The same model with BatchNorm statistics frozen (`true`) or not; QAT then folds with
+    /// the running statistics and stops updating them. Models without BatchNorm are returned
+    /// unchanged.
+    fn freeze_bn(self, _frozen: bool) -> Self {
+        self
+    }
+
     /// Real-valued logits of `x` computed in `mode`.
     fn logits(&self, x: Tensor<4>, mode: Mode) -> Tensor<2> {
         self.forward(QTensor::new(x, mode)).dequantize()

@@ -23,18 +23,6 @@ pub struct NetBN {
     pub pool: QMaxPool2d,
 }
 
-impl NetBN {
-    /// The same model with BatchNorm statistics frozen or not (the usual QAT schedule freezes
-    /// them after a few epochs).
-    pub fn freeze_bn(self, frozen: bool) -> Self {
-        Self {
-            conv1: self.conv1.freeze_bn(frozen),
-            conv2: self.conv2.freeze_bn(frozen),
-            ..self
-        }
-    }
-}
-
 impl MnistModel for NetBN {
     fn new(qconfig: &QConfig, device: &Device) -> Self {
         let conv_bn = |channels_in, observe_input| {
@@ -57,6 +45,14 @@ impl MnistModel for NetBN {
     fn with_integer_logits(self, integer_logits: bool) -> Self {
         Self {
             fc: self.fc.with_integer_output(integer_logits),
+            ..self
+        }
+    }
+
+    fn freeze_bn(self, frozen: bool) -> Self {
+        Self {
+            conv1: self.conv1.freeze_bn(frozen),
+            conv2: self.conv2.freeze_bn(frozen),
             ..self
         }
     }
