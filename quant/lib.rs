@@ -9,6 +9,7 @@ mod freeze;
 pub mod nn;
 mod observer;
 mod qparams;
+mod range;
 mod scheme;
 mod simd;
 
@@ -20,4 +21,5 @@ pub use fake_quant::{
 pub use freeze::freeze;
 pub use observer::{LearnedStep, MinMaxObserver, MinMaxObserverConfig, set_observing};
 pub use qparams::{QParams, check_bounds, dequantize, quantize};
+pub use range::RangeEstimator;
 pub use scheme::{Granularity, MAX_BITS, MIN_BITS, QMode, QScheme, Signedness};

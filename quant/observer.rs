@@ -5,8 +5,8 @@ use burn::module::{Flag, Module, ModuleMapper, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 
 use crate::{
-    Granularity, QParams, QScheme, QuantError, Ste, bipolar_fake_quant, fake_quant, lsq_fake_quant,
-    lsq_grad_scale,
+    Granularity, QParams, QScheme, QuantError, RangeEstimator, Ste, bipolar_fake_quant, fake_quant,
+    lsq_fake_quant, lsq_grad_scale,
 };
 
 /// Configuration of a [`MinMaxObserver`].
@@ -23,6 +23,9 @@ pub struct MinMaxObserverConfig {
     pub ste: Ste,
     /// LSQ: once observing stops, the step is a trained parameter (see [`LearnedStep`]).
     pub learned_step: bool,
+    /// How one batch gives a range (extremes, percentile, MSE); not used by bipolar schemes,
+    /// whose step is the mean magnitude.
+    pub range: RangeEstimator,
 }
 
 impl MinMaxObserverConfig {
@@ -34,7 +37,13 @@ impl MinMaxObserverConfig {
             ema_momentum: None,
             ste: Ste::Identity,
             learned_step: false,
+            range: RangeEstimator::MinMax,
         }
+    }
+
+    /// Sets how one batch gives a range.
+    pub fn with_range(self, range: RangeEstimator) -> Self {
+        Self { range, ..self }
     }
 
     /// Sets whether the step is learned (LSQ) once observing stops.
@@ -86,9 +95,13 @@ impl MinMaxObserverConfig {
             scheme: self.scheme,
             ema_momentum: self.ema_momentum,
             ste: self.ste,
+            range: self.range,
         }
     }
 }
+
+/// The smallest learned step, as a fraction of the calibrated one.
+const MIN_MULTIPLIER: f32 = 1e-3;
 
 /// A learned step size (LSQ, Esser et al. 2019) of a [`MinMaxObserver`].
 ///
@@ -98,7 +111,8 @@ impl MinMaxObserverConfig {
 /// trained parameter `p` ([`LearnedStep::multiplier`], starting at 1), the op is
 /// [`lsq_fake_quant`] with LSQ's gradient scale `1/sqrt(N·Q_P)` (`N`: elements per step,
 /// `Q_P = qmax − Z`), and `p`'s gradient is divided by `k²` so that plain SGD moves `S` exactly
-/// as LSQ does. The zero point is not learned. Freezing and the integer engine use `S`.
+/// as LSQ does; `p` is floored at `10⁻³` so that the step stays positive. The zero point is
+/// not learned. Freezing and the integer engine use `S`.
 #[derive(Module, Debug)]
 pub struct LearnedStep {
     /// `p`, per channel, starting at 1.
@@ -136,6 +150,8 @@ pub struct MinMaxObserver {
     ema_momentum: Option<f64>,
     #[module(skip)]
     ste: Ste,
+    #[module(skip)]
+    range: RangeEstimator,
 }
 
 impl MinMaxObserver {
@@ -183,31 +199,20 @@ impl MinMaxObserver {
         commit(&self.updates, updates + 1.0);
     }
 
-    /// The batch's `(min, max)`, per channel or per tensor; for a bipolar scheme
-    /// `(-mean|x|, mean|x|)`, whose step `mean|x|` minimises the squared error of `S·sign(x)`.
+    /// The batch's range per channel or per tensor, as the [`RangeEstimator`] takes it; for a
+    /// bipolar scheme `(-mean|x|, mean|x|)`, whose step `mean|x|` minimises the squared error
+    /// of `S·sign(x)`.
     fn batch_range<const D: usize>(&self, x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
+        let rows = match self.scheme.granularity() {
+            Granularity::PerTensor => x.reshape([1, -1]),
+            Granularity::PerChannel { axis } => self.channel_rows(x, axis),
+        };
         if self.scheme.is_bipolar() {
-            let mean_abs = match self.scheme.granularity() {
-                Granularity::PerTensor => x.abs().mean(),
-                Granularity::PerChannel { axis } => {
-                    let rows = self.channel_rows(x, axis);
-                    let channels = rows.dims()[0];
-                    rows.abs().mean_dim(1).reshape([channels])
-                }
-            };
+            let channels = rows.dims()[0];
+            let mean_abs = rows.abs().mean_dim(1).reshape([channels]);
             return (mean_abs.clone().neg(), mean_abs);
         }
-        match self.scheme.granularity() {
-            Granularity::PerTensor => (x.clone().min(), x.max()),
-            Granularity::PerChannel { axis } => {
-                let rows = self.channel_rows(x, axis);
-                let channels = rows.dims()[0];
-                (
-                    rows.clone().min_dim(1).reshape([channels]),
-                    rows.max_dim(1).reshape([channels]),
-                )
-            }
-        }
+        self.range.rows_range(rows, self.scheme)
     }
 
     /// `x` as one row per index along `axis`.
@@ -255,7 +260,8 @@ impl MinMaxObserver {
             commit(&learned.zero_point, range.zero_point.detach());
             initial = range.scale.detach();
         }
-        let p = learned.multiplier.val();
+        // A step must stay positive: `p` is floored at MIN_MULTIPLIER (no gradient below it).
+        let p = learned.multiplier.val().clamp_min(MIN_MULTIPLIER);
         // Forward `p`, gradient `dL/dp / k²`: then `S = k ⊙ p` moves as LSQ's step under SGD.
         let damping = (initial.clone() * initial.clone()).recip();
         let p = p.clone() * damping.clone() - (p.clone() * damping).detach() + p.detach();

@@ -203,6 +203,14 @@ impl QScheme {
         }
     }
 
+    /// The same scheme with one set of parameters for the whole tensor.
+    pub fn per_tensor(self) -> Self {
+        Self {
+            granularity: Granularity::PerTensor,
+            ..self
+        }
+    }
+
     /// Bit width.
     pub fn bits(&self) -> u32 {
         self.bits

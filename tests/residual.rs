@@ -15,7 +15,7 @@ use burn_quant::nn::{
     Mode, QAdd, QAddConfig, QAvgPool2d, QConfig, QConv2d, QConv2dConfig, QLinear, QLinearConfig,
     QMaxPool2d, QReLU, QTensor,
 };
-use burn_quant::{QScheme, QuantError, freeze};
+use burn_quant::{QScheme, QuantError, RangeEstimator, freeze};
 use common::{device, to_vec};
 
 fn ints<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
@@ -134,12 +134,27 @@ fn one_forward_is_bit_exact_on_the_integer_engine() {
     let device = device();
     // The seed's affine per-tensor weights, and symmetric narrow-range per-channel weights
     // (ternary at 2 bits).
+    // Last, ranges from MSE (weights) and percentiles (activations) instead of extremes.
     let narrow = |bits| QScheme::symmetric_narrow(bits).unwrap().per_channel(0);
-    for (global_pool, narrow_weights) in [(true, false), (false, false), (true, true)] {
+    let cases = [
+        (true, false, false),
+        (false, false, false),
+        (true, true, false),
+        (true, true, true),
+    ];
+    for (global_pool, narrow_weights, estimated_ranges) in cases {
         for bits in [2, 3, 4, 6, 8] {
             let mut config = config(bits, global_pool);
+            let mut qconfig = config.add.qconfig;
             if narrow_weights {
-                let qconfig = config.add.qconfig.with_weight(narrow(bits));
+                qconfig = qconfig.with_weight(narrow(bits));
+            }
+            if estimated_ranges {
+                qconfig = qconfig
+                    .with_weight_range(RangeEstimator::Mse)
+                    .with_activation_range(RangeEstimator::percentile(99.0).unwrap());
+            }
+            if narrow_weights || estimated_ranges {
                 config = ResBlockConfig::with_qconfig(qconfig, global_pool);
             }
             let model = calibrated_with(config, &device);
@@ -151,7 +166,7 @@ fn one_forward_is_bit_exact_on_the_integer_engine() {
             let got = ints(integer.integers().expect("integers").clone());
             assert_eq!(
                 got, expected,
-                "{bits} bits, global pool {global_pool}, narrow weights {narrow_weights}"
+                "{bits} bits, global pool {global_pool}, narrow weights {narrow_weights}, estimated ranges {estimated_ranges}"
             );
             // Not vacuous: a varying output (at 2 bits a small random model may collapse).
             assert!(

@@ -3,7 +3,9 @@
 use burn::config::Config;
 use burn::tensor::Device;
 
-use crate::{Granularity, MinMaxObserver, MinMaxObserverConfig, QScheme, QuantError, Ste};
+use crate::{
+    Granularity, MinMaxObserver, MinMaxObserverConfig, QScheme, QuantError, RangeEstimator, Ste,
+};
 
 /// How a model's layers quantize weights and activations.
 ///
@@ -43,6 +45,12 @@ pub struct QConfig {
     /// [`LearnedStep`](crate::LearnedStep)).
     #[config(default = false)]
     pub learned_step: bool,
+    /// How a batch of weights gives a range (PTQ calibration and QAT observing).
+    #[config(default = "RangeEstimator::MinMax")]
+    pub weight_range: RangeEstimator,
+    /// How a batch of activations gives a range.
+    #[config(default = "RangeEstimator::MinMax")]
+    pub activation_range: RangeEstimator,
 }
 
 impl QConfig {
@@ -65,6 +73,8 @@ impl QConfig {
     /// assert!(config.with_activation(per_channel).check().is_err());
     /// ```
     pub fn check(&self) -> Result<(), QuantError> {
+        self.weight_range.check()?;
+        self.activation_range.check()?;
         if self.activation.granularity() != Granularity::PerTensor {
             return Err(QuantError::InvalidSetting(
                 "activations must be quantized per tensor".into(),
@@ -104,7 +114,8 @@ impl QConfig {
     /// # Panics
     /// When the EMA momentum is outside `(0, 1]` ([`QConfig::check`] reports it as an error).
     pub fn activation_observer(&self, device: &Device) -> MinMaxObserver {
-        self.observer(MinMaxObserverConfig::new(self.activation), device)
+        let config = MinMaxObserverConfig::new(self.activation).with_range(self.activation_range);
+        self.observer(config, device)
     }
 
     /// A weight observer for a weight with `channels` output channels along `axis`.
@@ -116,10 +127,10 @@ impl QConfig {
             Granularity::PerTensor => self.weight,
             Granularity::PerChannel { .. } => self.weight.per_channel(axis),
         };
-        self.observer(
-            MinMaxObserverConfig::new(scheme).with_channels(channels),
-            device,
-        )
+        let config = MinMaxObserverConfig::new(scheme)
+            .with_channels(channels)
+            .with_range(self.weight_range);
+        self.observer(config, device)
     }
 }
 
@@ -135,7 +146,9 @@ mod tests {
         )
         .with_ema_momentum(Some(0.01))
         .with_ste(Ste::Clipped)
-        .with_quantize_bias(true);
+        .with_quantize_bias(true)
+        .with_weight_range(RangeEstimator::Mse)
+        .with_activation_range(RangeEstimator::percentile(99.9).unwrap());
         let json = config.to_string();
         assert_eq!(QConfig::load_binary(json.as_bytes()).unwrap(), config);
     }

@@ -1,6 +1,7 @@
 //! burn-quant's task runner: `cargo xtask sweep | plot | check | bench`.
 
 mod bench;
+mod methods;
 mod plot;
 mod results;
 mod sweep;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use methods::QuantMethod;
 use results::{LrSchedule, OptimizerKind, Results, SweepConfig};
 
 #[derive(Parser)]
@@ -59,6 +61,15 @@ enum Task {
 
 #[derive(Args)]
 struct SweepArgs {
+    /// Methods to run, comma-separated; each writes its own folder under --out, and
+    /// `methods.md` / `methods.png` compare them.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "seed,ema,lsq"
+    )]
+    method: Vec<QuantMethod>,
     /// Bit widths: a range `1..8` / `1-8` or a list `2,4,8`.
     #[arg(long, default_value = "1..8", value_parser = parse_bits)]
     bits: BitList,
@@ -77,7 +88,7 @@ struct SweepArgs {
     /// QAT epochs [2; quick: 1].
     #[arg(long)]
     qat_epochs: Option<usize>,
-    /// QAT learning rate [0.001; quick: 0.01].
+    /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.01].
     #[arg(long)]
     qat_lr: Option<f64>,
     /// SGD momentum [0.5].
@@ -105,25 +116,26 @@ struct SweepArgs {
     /// Keep the bias in float in the fake-quantized model (the reference's choice).
     #[arg(long)]
     float_bias: bool,
-    /// EMA momentum of the observers, e.g. 0.01 [the seed's running min/max].
+    /// EMA momentum of the observers, e.g. 0.01 [the method's: ema 0.01, else running min/max].
     #[arg(long, value_parser = burn_quant_mnist_protocol::parse_momentum)]
     ema_momentum: Option<f64>,
     /// LSQ: QAT learns every step size (learned step size quantization), starting from a PTQ
-    /// calibration.
+    /// calibration [on for the lsq method].
     #[arg(long)]
     lsq: bool,
     /// Weights symmetric on the narrow signed range with one step per output channel (from 2
-    /// bits; ternary at 2) instead of the seed's affine per-tensor weights.
+    /// bits; ternary at 2, binary at 1) instead of the seed's affine per-tensor weights [on for
+    /// the lsq method].
     #[arg(long)]
     symmetric_weights: bool,
     /// Integer logits: the classifier's i32 accumulator, dequantized, is the output (the
-    /// seed's protocol quantizes the logits at the bit width too).
+    /// seed's protocol quantizes the logits at the bit width too) [on for the lsq method].
     #[arg(long)]
     integer_logits: bool,
-    /// QAT optimizer: sgd (with --momentum) or adam [sgd].
+    /// QAT optimizer: sgd (with --momentum) or adam [the method's: sgd].
     #[arg(long, value_parser = OptimizerKind::parse)]
     qat_optimizer: Option<OptimizerKind>,
-    /// QAT learning-rate schedule: constant or cosine [constant].
+    /// QAT learning-rate schedule: constant or cosine [the method's: lsq cosine, else constant].
     #[arg(long, value_parser = LrSchedule::parse)]
     qat_schedule: Option<LrSchedule>,
     /// QAT weight decay, not applied to learned step sizes [0].
@@ -135,6 +147,12 @@ struct SweepArgs {
     /// QAT: BatchNorm statistics frozen after this many steps (netbn) [never].
     #[arg(long)]
     freeze_bn_after: Option<usize>,
+    /// How a batch of weights gives a range: minmax, mse, percentile:P [the method's].
+    #[arg(long)]
+    weight_range: Option<String>,
+    /// How a batch of activations gives a range: minmax, mse, percentile:P [the method's].
+    #[arg(long)]
+    activation_range: Option<String>,
     /// Hold out the last N training images and evaluate on them instead of the test set (for
     /// choosing settings; the float model is trained without them).
     #[arg(long)]
@@ -150,15 +168,17 @@ fn parse_bits(s: &str) -> Result<BitList, String> {
 }
 
 impl SweepArgs {
-    fn config(&self) -> SweepConfig {
+    fn config(&self, method: QuantMethod) -> SweepConfig {
         let quick = self.quick;
+        let defaults = method.defaults(quick);
         SweepConfig {
+            method,
             model: self.model.clone(),
             backend: self.backend.clone(),
             epochs: self.epochs.unwrap_or(if quick { 1 } else { 15 }),
             lr: self.lr.unwrap_or(0.01),
             qat_epochs: self.qat_epochs.unwrap_or(if quick { 1 } else { 2 }),
-            qat_lr: self.qat_lr.unwrap_or(if quick { 0.01 } else { 0.001 }),
+            qat_lr: self.qat_lr.unwrap_or(defaults.qat_lr),
             momentum: self.momentum.unwrap_or(0.5),
             calib_batches: self.calib_batches.unwrap_or(if quick { 20 } else { 200 }),
             seed: self.seed.unwrap_or(1),
@@ -166,15 +186,23 @@ impl SweepArgs {
             validation: self.validation,
             test_limit: quick.then_some(2_000),
             float_bias: self.float_bias,
-            ema_momentum: self.ema_momentum,
-            lsq: self.lsq,
-            symmetric_weights: self.symmetric_weights,
-            integer_logits: self.integer_logits,
-            qat_optimizer: self.qat_optimizer.unwrap_or(OptimizerKind::Sgd),
-            qat_schedule: self.qat_schedule.unwrap_or(LrSchedule::Constant),
+            ema_momentum: self.ema_momentum.or(defaults.ema_momentum),
+            lsq: self.lsq || defaults.lsq,
+            symmetric_weights: self.symmetric_weights || defaults.symmetric_weights,
+            integer_logits: self.integer_logits || defaults.integer_logits,
+            qat_optimizer: self.qat_optimizer.unwrap_or(defaults.qat_optimizer),
+            qat_schedule: self.qat_schedule.unwrap_or(defaults.qat_schedule),
             qat_weight_decay: self.qat_weight_decay.unwrap_or(0.0),
             freeze_observers_after: self.freeze_observers_after,
             freeze_bn_after: self.freeze_bn_after,
+            weight_range: self
+                .weight_range
+                .clone()
+                .unwrap_or_else(|| defaults.weight_range.into()),
+            activation_range: self
+                .activation_range
+                .clone()
+                .unwrap_or_else(|| defaults.activation_range.into()),
         }
     }
 }
@@ -201,18 +229,33 @@ fn main() -> Result<()> {
                 .chain(std::env::args().skip(1))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let sweep = sweep::Sweep {
-                config: args.config(),
-                bits: args.bits.0.clone(),
-                data_dir: args.data_dir.clone(),
-                out: args
-                    .out
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(default_out)),
-                force: args.force,
-                command,
-            };
-            sweep.run()?;
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(default_out));
+            let mut methods = args.method.clone();
+            methods.dedup();
+            let mut done = Vec::new();
+            for (i, &method) in methods.iter().enumerate() {
+                eprintln!("== method {} ==", method.name());
+                let sweep = sweep::Sweep {
+                    config: args.config(method),
+                    bits: args.bits.0.clone(),
+                    data_dir: args.data_dir.clone(),
+                    out: out.join(method.name()),
+                    float_dir: out.clone(),
+                    force: args.force,
+                    // The methods share the float model: retrained (with --force) once.
+                    retrain_float: args.force && i == 0,
+                    command: command.clone(),
+                };
+                done.push((method, sweep.run()?));
+            }
+            methods::write_comparison(&done, &out)?;
+            eprintln!(
+                "comparison of the methods in {}",
+                out.join("methods.md").display()
+            );
         }
         Task::Plot { from, out } => {
             let results = Results::load(&from)?;
@@ -228,12 +271,17 @@ fn main() -> Result<()> {
             out,
         } => bench::run(&backends, quick, summarize_only, &out)?,
         Task::Check { from } => {
-            let results = sweep::check_outputs(&from)?;
-            println!(
-                "{}: {} bit widths, all outputs valid",
-                from.display(),
-                results.rows.len()
-            );
+            if from.join("results.json").exists() {
+                let results = sweep::check_outputs(&from)?;
+                println!(
+                    "{}: {} bit widths, all outputs valid",
+                    from.display(),
+                    results.rows.len()
+                );
+            } else {
+                let n = methods::check_methods(&from, sweep::check_outputs)?;
+                println!("{}: {n} methods, all outputs valid", from.display());
+            }
         }
     }
     Ok(())

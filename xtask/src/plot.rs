@@ -10,38 +10,173 @@ use crate::results::{Mode, Results, SEED_PTQ, SEED_QAT};
 
 const SIZE: (u32, u32) = (900, 600);
 
-/// Writes `accuracy.svg` and `accuracy.png` into `dir`.
-pub fn plot(results: &Results, dir: &Path) -> Result<()> {
-    let svg = dir.join("accuracy.svg");
-    draw(results, SVGBackend::new(&svg, SIZE).into_drawing_area())?;
-    let png = dir.join("accuracy.png");
-    draw(results, BitMapBackend::new(&png, SIZE).into_drawing_area())?;
-    Ok(())
+/// One curve of a plot.
+struct Curve {
+    name: String,
+    points: Vec<(f64, f64)>,
+    color: RGBAColor,
+    dashed: bool,
 }
 
-fn draw<DB: DrawingBackend>(results: &Results, root: DrawingArea<DB, Shift>) -> Result<()>
+/// Writes `accuracy.svg` and `accuracy.png` into `dir`: PTQ and QAT of one sweep with the
+/// seed's published curves.
+pub fn plot(results: &Results, dir: &Path) -> Result<()> {
+    let mut settings = match results.config.ema_momentum {
+        Some(m) => format!(", EMA {m} observers"),
+        None => String::new(),
+    };
+    if results.config.lsq {
+        settings.push_str(", LSQ");
+    }
+    if results.config.symmetric_weights {
+        settings.push_str(", symmetric per-channel weights");
+    }
+    if results.config.integer_logits {
+        settings.push_str(", integer logits");
+    }
+    let title = format!(
+        "{} on MNIST: integer-engine accuracy vs bits ({}{settings})",
+        results.model, results.backend
+    );
+    let mut curves = vec![
+        curve(
+            "PTQ (burn-quant)",
+            ours(results, Mode::Ptq),
+            BLUE.to_rgba(),
+            false,
+        ),
+        curve(
+            "QAT (burn-quant)",
+            ours(results, Mode::Qat),
+            RED.to_rgba(),
+            false,
+        ),
+    ];
+    curves.extend(seed_curves());
+    draw_files(&title, &curves, results.float_accuracy, dir, "accuracy")
+}
+
+/// Writes `methods.svg` and `methods.png` into `dir`: every method's PTQ (dashed) and QAT
+/// (solid) curves, with the seed's published curves (gray).
+pub fn plot_methods(methods: &[(&str, &Results)], dir: &Path) -> Result<()> {
+    const COLORS: [RGBColor; 6] = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    let mut curves = Vec::new();
+    for (i, (name, results)) in methods.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()].to_rgba();
+        curves.push(curve(
+            &format!("{name} QAT"),
+            ours(results, Mode::Qat),
+            color,
+            false,
+        ));
+        curves.push(curve(
+            &format!("{name} PTQ"),
+            ours(results, Mode::Ptq),
+            color,
+            true,
+        ));
+    }
+    curves.extend(seed_curves().into_iter().map(|c| Curve {
+        color: if c.name.starts_with("QAT") {
+            BLACK.mix(0.6).to_rgba()
+        } else {
+            BLACK.mix(0.3).to_rgba()
+        },
+        ..c
+    }));
+    let first = methods.first().map(|(_, r)| *r);
+    let title = format!(
+        "{} on MNIST: integer-engine accuracy vs bits, by method ({})",
+        first.map_or("", |r| r.model.as_str()),
+        first.map_or("", |r| r.backend.as_str())
+    );
+    draw_files(
+        &title,
+        &curves,
+        first.and_then(|r| r.float_accuracy),
+        dir,
+        "methods",
+    )
+}
+
+fn curve(name: &str, points: Vec<(f64, f64)>, color: RGBAColor, dashed: bool) -> Curve {
+    Curve {
+        name: name.to_string(),
+        points,
+        color,
+        dashed,
+    }
+}
+
+/// Integer-engine accuracy (%) per bit width of `mode`.
+fn ours(results: &Results, mode: Mode) -> Vec<(f64, f64)> {
+    results
+        .rows
+        .iter()
+        .filter_map(|r| r.get(mode).map(|m| (r.bits as f64, 100.0 * m.integer)))
+        .collect()
+}
+
+/// The seed article's PTQ and QAT curves (dashed).
+fn seed_curves() -> Vec<Curve> {
+    let seed = |table: &[f64; 8]| -> Vec<(f64, f64)> {
+        table
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64 + 1.0, *v))
+            .collect()
+    };
+    vec![
+        curve(
+            "PTQ (seed article)",
+            seed(&SEED_PTQ),
+            BLUE.mix(0.5).to_rgba(),
+            true,
+        ),
+        curve(
+            "QAT (seed article)",
+            seed(&SEED_QAT),
+            RED.mix(0.5).to_rgba(),
+            true,
+        ),
+    ]
+}
+
+/// Draws `curves` into `dir/stem.svg` and `dir/stem.png`.
+fn draw_files(
+    title: &str,
+    curves: &[Curve],
+    float: Option<f64>,
+    dir: &Path,
+    stem: &str,
+) -> Result<()> {
+    let svg = dir.join(format!("{stem}.svg"));
+    draw(
+        title,
+        curves,
+        float,
+        SVGBackend::new(&svg, SIZE).into_drawing_area(),
+    )?;
+    let png = dir.join(format!("{stem}.png"));
+    draw(
+        title,
+        curves,
+        float,
+        BitMapBackend::new(&png, SIZE).into_drawing_area(),
+    )
+}
+
+fn draw<DB: DrawingBackend>(
+    title: &str,
+    curves: &[Curve],
+    float: Option<f64>,
+    root: DrawingArea<DB, Shift>,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("drawing the plot: {e}");
     root.fill(&WHITE).map_err(err)?;
-    let mut observers = match results.config.ema_momentum {
-        Some(m) => format!(", EMA {m} observers"),
-        None => String::new(),
-    };
-    if results.config.lsq {
-        observers.push_str(", LSQ");
-    }
-    if results.config.symmetric_weights {
-        observers.push_str(", symmetric per-channel weights");
-    }
-    if results.config.integer_logits {
-        observers.push_str(", integer logits");
-    }
-    let title = format!(
-        "{} on MNIST: integer-engine accuracy vs bits ({}{observers})",
-        results.model, results.backend
-    );
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
         .margin(20)
@@ -57,55 +192,25 @@ where
         .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()
         .map_err(err)?;
-
-    let ours = |mode: Mode| -> Vec<(f64, f64)> {
-        results
-            .rows
-            .iter()
-            .filter_map(|r| r.get(mode).map(|m| (r.bits as f64, 100.0 * m.integer)))
-            .collect()
-    };
-    let seed = |table: &[f64; 8]| -> Vec<(f64, f64)> {
-        table
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i as f64 + 1.0, *v))
-            .collect()
-    };
-    let series = [
-        ("PTQ (burn-quant)", ours(Mode::Ptq), BLUE.to_rgba(), false),
-        ("QAT (burn-quant)", ours(Mode::Qat), RED.to_rgba(), false),
-        (
-            "PTQ (seed article)",
-            seed(&SEED_PTQ),
-            BLUE.mix(0.5).to_rgba(),
-            true,
-        ),
-        (
-            "QAT (seed article)",
-            seed(&SEED_QAT),
-            RED.mix(0.5).to_rgba(),
-            true,
-        ),
-    ];
-    for (name, points, color, dashed) in series {
+    for c in curves {
+        let color = c.color;
         let style = color.stroke_width(2);
-        if dashed {
+        if c.dashed {
             chart
-                .draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))
+                .draw_series(DashedLineSeries::new(c.points.clone(), 8, 5, style))
                 .map_err(err)?
         } else {
             chart
-                .draw_series(LineSeries::new(points.clone(), style))
+                .draw_series(LineSeries::new(c.points.clone(), style))
                 .map_err(err)?
         }
-        .label(name)
+        .label(c.name.as_str())
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .draw_series(c.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(err)?;
     }
-    if let Some(float) = results.float_accuracy {
+    if let Some(float) = float {
         let gray = BLACK.mix(0.4);
         chart
             .draw_series(LineSeries::new(
@@ -147,6 +252,9 @@ mod tests {
         plot(&r, &dir).unwrap();
         let svg = std::fs::read_to_string(dir.join("accuracy.svg")).unwrap();
         assert!(svg.contains("<svg") && svg.contains("QAT (seed article)") && svg.contains("bits"));
+        plot_methods(&[("seed", &r), ("lsq", &r)], &dir).unwrap();
+        let svg = std::fs::read_to_string(dir.join("methods.svg")).unwrap();
+        assert!(svg.contains("lsq QAT") && svg.contains("seed PTQ"));
         let decoder = png::Decoder::new(std::io::BufReader::new(
             std::fs::File::open(dir.join("accuracy.png")).unwrap(),
         ));

@@ -6,6 +6,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::methods::QuantMethod;
+
 pub use burn_quant_mnist_protocol::{LrSchedule, Method as Mode, ModeResult, OptimizerKind};
 
 /// The published numbers of the seed article (MNIST test accuracy, %, bits 1..=8).
@@ -16,6 +18,9 @@ pub const SEED_QAT: [f64; 8] = [10.0, 63.0, 90.0, 97.0, 98.0, 98.0, 98.0, 98.0];
 /// Everything that changes the numbers (bit widths excluded: a sweep can be extended).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepConfig {
+    /// The method whose defaults these settings started from.
+    #[serde(default = "seed_method")]
+    pub method: QuantMethod,
     /// Model name.
     pub model: String,
     /// Backend (cargo feature) of the worker.
@@ -70,6 +75,20 @@ pub struct SweepConfig {
     /// QAT: BatchNorm statistics frozen after this many steps.
     #[serde(default)]
     pub freeze_bn_after: Option<usize>,
+    /// How a batch of weights gives a range (`minmax`, `mse`, `percentile:P`).
+    #[serde(default = "minmax")]
+    pub weight_range: String,
+    /// How a batch of activations gives a range.
+    #[serde(default = "minmax")]
+    pub activation_range: String,
+}
+
+fn minmax() -> String {
+    "minmax".into()
+}
+
+fn seed_method() -> QuantMethod {
+    QuantMethod::Seed
 }
 
 fn sgd() -> OptimizerKind {
@@ -332,6 +351,7 @@ pub(crate) mod tests {
 
     pub(crate) fn config() -> SweepConfig {
         SweepConfig {
+            method: QuantMethod::Seed,
             model: "net".into(),
             backend: "flex".into(),
             epochs: 1,
@@ -354,6 +374,8 @@ pub(crate) mod tests {
             qat_weight_decay: 0.0,
             freeze_observers_after: None,
             freeze_bn_after: None,
+            weight_range: "minmax".into(),
+            activation_range: "minmax".into(),
         }
     }
 

@@ -25,8 +25,13 @@ pub struct Sweep {
     pub data_dir: Option<PathBuf>,
     /// Output directory.
     pub out: PathBuf,
-    /// Recompute everything.
+    /// Directory of the float checkpoint (`float.bpk`, `float.json`), shared by the methods of
+    /// one sweep.
+    pub float_dir: PathBuf,
+    /// Recompute every result.
     pub force: bool,
+    /// Retrain the float model even when its checkpoint matches.
+    pub retrain_float: bool,
     /// The command line, recorded in the results.
     pub command: String,
 }
@@ -73,16 +78,18 @@ impl Sweep {
     /// Keeps the float checkpoint only if it was trained with the same float settings.
     fn prepare_checkpoint(&self) -> Result<()> {
         let key = self.config.float_key().to_string();
-        let key_path = self.out.join("float.json");
+        std::fs::create_dir_all(&self.float_dir)
+            .with_context(|| format!("creating {}", self.float_dir.display()))?;
+        let key_path = self.float_dir.join("float.json");
         let same = std::fs::read_to_string(&key_path).is_ok_and(|k| k == key);
-        if self.force || !same {
+        if self.retrain_float || !same {
             let _ = std::fs::remove_file(self.checkpoint());
         }
         write_atomic(&key_path, &key)
     }
 
     fn checkpoint(&self) -> PathBuf {
-        self.out.join("float.bpk")
+        self.float_dir.join("float.bpk")
     }
 
     fn worker_args(&self, bits: u32, modes: &[Mode]) -> Vec<String> {
@@ -146,6 +153,10 @@ impl Sweep {
             c.qat_schedule.name().into(),
             "--qat-weight-decay".into(),
             c.qat_weight_decay.to_string(),
+            "--weight-range".into(),
+            c.weight_range.clone(),
+            "--activation-range".into(),
+            c.activation_range.clone(),
         ]);
         let mut push = |flag: &str, value: Option<usize>| {
             if let Some(v) = value {
@@ -452,7 +463,9 @@ mod tests {
             bits: vec![4],
             data_dir: Some(PathBuf::from("/data")),
             out: PathBuf::from("/out"),
+            float_dir: PathBuf::from("/out"),
             force: false,
+            retrain_float: false,
             command: "cmd".into(),
         };
         let args = sweep.worker_args(4, &[Mode::Qat]).join(" ");
@@ -482,7 +495,9 @@ mod tests {
             bits: vec![4],
             data_dir: None,
             out: dir.clone(),
+            float_dir: dir.clone(),
             force: false,
+            retrain_float: false,
             command: "cmd".into(),
         };
         sweep.prepare_checkpoint().unwrap();

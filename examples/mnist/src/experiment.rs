@@ -7,7 +7,7 @@ use crate::models::MnistModel;
 use crate::protocol::ModeResult;
 use crate::train::{Progress, TrainConfig, accuracy, agreement, calibrate, predict, train};
 use burn_quant::nn::{Mode, QConfig};
-use burn_quant::{QScheme, QuantError, freeze, set_observing};
+use burn_quant::{QScheme, QuantError, RangeEstimator, freeze, set_observing};
 
 /// Settings of the PTQ/QAT pipeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,6 +43,10 @@ pub struct PipelineConfig {
     pub freeze_observers_after: Option<usize>,
     /// QAT: BatchNorm statistics are frozen before this step (models with BatchNorm).
     pub freeze_bn_after: Option<usize>,
+    /// How a batch of weights gives a range ([`QConfig::weight_range`]).
+    pub weight_range: RangeEstimator,
+    /// How a batch of activations gives a range ([`QConfig::activation_range`]).
+    pub activation_range: RangeEstimator,
 }
 
 impl PipelineConfig {
@@ -64,6 +68,8 @@ impl PipelineConfig {
             integer_logits: false,
             freeze_observers_after: None,
             freeze_bn_after: None,
+            weight_range: RangeEstimator::MinMax,
+            activation_range: RangeEstimator::MinMax,
         }
     }
 
@@ -87,7 +93,9 @@ impl PipelineConfig {
             .with_quantize_bias(self.quantize_bias)
             .with_exact_eval(self.exact_eval)
             .with_ema_momentum(self.ema_momentum)
-            .with_learned_step(self.learned_step))
+            .with_learned_step(self.learned_step)
+            .with_weight_range(self.weight_range)
+            .with_activation_range(self.activation_range))
     }
 }
 

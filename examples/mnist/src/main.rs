@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use burn_quant::RangeEstimator;
 use burn_quant::backend::default_backend;
 use burn_quant::nn::QConfig;
 use burn_quant_mnist::Dataset;
@@ -64,6 +65,12 @@ struct Args {
     /// QAT: BatchNorm statistics are frozen after this many steps (`netbn`).
     #[arg(long)]
     freeze_bn_after: Option<usize>,
+    /// How a batch of weights gives a range: `minmax`, `mse` or `percentile:P`.
+    #[arg(long, default_value = "minmax", value_parser = RangeEstimator::parse)]
+    weight_range: RangeEstimator,
+    /// How a batch of activations gives a range: `minmax`, `mse` or `percentile:P`.
+    #[arg(long, default_value = "minmax", value_parser = RangeEstimator::parse)]
+    activation_range: RangeEstimator,
     /// SGD momentum (float and QAT).
     #[arg(long, default_value_t = 0.5)]
     momentum: f64,
@@ -256,6 +263,8 @@ fn run<M: MnistModel>(args: &Args) {
         integer_logits: args.integer_logits,
         freeze_observers_after: args.freeze_observers_after,
         freeze_bn_after: args.freeze_bn_after,
+        weight_range: args.weight_range,
+        activation_range: args.activation_range,
         ..PipelineConfig::reference()
     };
     println!(

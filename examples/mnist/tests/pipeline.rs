@@ -219,3 +219,43 @@ fn lsq_qat_3_bits_agrees_and_beats_ptq() {
         );
     }
 }
+
+/// Binary (1 bit) and ternary (2 bits) LSQ models with integer logits, after 25 QAT steps
+/// (1,600 images): the integer engine agrees with the fake-quantized model on ≥ 99.9 % of the
+/// test images, and the binary model's weights are signs on the engine.
+#[test]
+fn binary_and_ternary_lsq_models_agree_with_the_engine() {
+    let f = net();
+    let config = PipelineConfig {
+        qat: TrainConfig {
+            epochs: 1,
+            lr: 0.001,
+            ..TrainConfig::reference_qat()
+        },
+        calib_batches: 20,
+        learned_step: true,
+        symmetric_weights: true,
+        integer_logits: true,
+        ..PipelineConfig::reference()
+    };
+    let train = f.train.first(1_600);
+    for bits in [1, 2] {
+        let (qnet, result) =
+            experiment::qat(&f.net, bits, &train, &f.test, &config, &mut |_| {}).unwrap();
+        eprintln!("{bits} bits: LSQ QAT {result:?}");
+        assert!(
+            result.agreement >= 0.999,
+            "{bits} bits: agreement {}",
+            result.agreement
+        );
+        let weight = qnet.conv2.observers.weight.checked_qparams().unwrap();
+        let q = burn_quant::quantize(qnet.conv2.conv.weight.val(), &weight);
+        let levels: Vec<i64> = q.into_data().convert::<i64>().try_to_vec().unwrap();
+        let allowed: &[i64] = if bits == 1 { &[-1, 1] } else { &[-1, 0, 1] };
+        assert!(levels.iter().all(|v| allowed.contains(v)), "{bits} bits");
+        assert!(
+            allowed.iter().all(|a| levels.contains(a)),
+            "{bits} bits: unused level"
+        );
+    }
+}
