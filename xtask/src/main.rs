@@ -88,7 +88,7 @@ struct SweepArgs {
     /// QAT epochs [2; quick: 1].
     #[arg(long)]
     qat_epochs: Option<usize>,
-    /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.01].
+    /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.001].
     #[arg(long)]
     qat_lr: Option<f64>,
     /// SGD momentum [0.5].
@@ -135,7 +135,7 @@ struct SweepArgs {
     /// QAT optimizer: sgd (with --momentum) or adam [the method's: sgd].
     #[arg(long, value_parser = OptimizerKind::parse)]
     qat_optimizer: Option<OptimizerKind>,
-    /// QAT learning-rate schedule: constant or cosine [the method's: lsq cosine, else constant].
+    /// QAT learning-rate schedule: constant or cosine [the method's: constant].
     #[arg(long, value_parser = LrSchedule::parse)]
     qat_schedule: Option<LrSchedule>,
     /// QAT weight decay, not applied to learned step sizes [0].
