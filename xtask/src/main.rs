@@ -88,7 +88,7 @@ struct SweepArgs {
     /// QAT epochs [2; quick: 1].
     #[arg(long)]
     qat_epochs: Option<usize>,
-    /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.001].
+    /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.003].
     #[arg(long)]
     qat_lr: Option<f64>,
     /// SGD momentum [0.5].

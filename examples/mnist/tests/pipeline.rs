@@ -15,6 +15,7 @@ mod common;
 
 use std::sync::OnceLock;
 
+use burn_quant::RangeEstimator;
 use burn_quant::backend::{BackendKind, default_backend};
 use burn_quant::nn::{Mode, QTensor};
 use burn_quant_mnist::Dataset;
@@ -187,11 +188,12 @@ fn qat_4_bits_reaches_97_percent() {
     }
 }
 
-/// LSQ QAT (symmetric narrow-range per-channel weights, 3 bits, 100 steps on 6,400 images):
-/// the integer engine agrees with the fake-quantized model, and on the full fixture the
-/// learned steps beat PTQ with the same schemes.
+/// 2-bit LSQ QAT, the `lsq` method's schemes (ternary per-channel weights, integer logits, MSE
+/// calibration) on a CI budget: 200 steps (12,800 images, one epoch) at lr 0.01. The integer
+/// engine agrees with the fake-quantized model, the steps moved, and on the full fixture the
+/// result reaches 95 % and beats PTQ with the same schemes.
 #[test]
-fn lsq_qat_3_bits_agrees_and_beats_ptq() {
+fn lsq_qat_2_bits_reaches_95_percent_on_a_ci_budget() {
     let f = net();
     let config = PipelineConfig {
         qat: TrainConfig {
@@ -201,16 +203,20 @@ fn lsq_qat_3_bits_agrees_and_beats_ptq() {
         },
         learned_step: true,
         symmetric_weights: true,
+        integer_logits: true,
+        weight_range: RangeEstimator::Mse,
+        activation_range: RangeEstimator::Mse,
         ..PipelineConfig::reference()
     };
-    let train = f.train.first(6_400);
-    let (qnet, lsq) = experiment::qat(&f.net, 3, &train, &f.test, &config, &mut |_| {}).unwrap();
+    let train = f.train.first(12_800);
+    let (qnet, lsq) = experiment::qat(&f.net, 2, &train, &f.test, &config, &mut |_| {}).unwrap();
     assert!(lsq.agreement >= 0.999, "agreement {}", lsq.agreement);
     let learned = qnet.conv2.observers.weight.learned.as_ref().expect("LSQ");
     assert_ne!(to_vec(learned.multiplier.val()), vec![1.0; 40]);
-    let (_, ptq) = experiment::ptq(&f.net, 3, &f.train, &f.test, &config, &mut |_| {}).unwrap();
-    eprintln!("3 bits: LSQ QAT {} vs PTQ {}", lsq.integer, ptq.integer);
-    if !skip_unless_full(f, "3-bit LSQ QAT beats PTQ") {
+    let (_, ptq) = experiment::ptq(&f.net, 2, &f.train, &f.test, &config, &mut |_| {}).unwrap();
+    eprintln!("2 bits: LSQ QAT {} vs PTQ {}", lsq.integer, ptq.integer);
+    if !skip_unless_full(f, "2-bit LSQ QAT >= 95 % and beats PTQ") {
+        assert!(lsq.integer >= 0.95, "2-bit LSQ QAT {}", lsq.integer);
         assert!(
             lsq.integer > ptq.integer,
             "LSQ {} vs PTQ {}",
