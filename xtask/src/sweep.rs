@@ -50,15 +50,19 @@ impl Sweep {
             }
             None => Results::new(self.config.clone(), git_commit(), self.command.clone()),
         };
-        results.command = self.command.clone();
-        results.git_commit = git_commit();
         self.prepare_checkpoint()?;
         let pending = results.pending(&self.bits);
-        if pending.is_empty() {
+        let computes = !pending.is_empty();
+        if !computes {
             eprintln!(
                 "nothing to do: every bit width asked is in {}",
                 json.display()
             );
+        } else {
+            // Provenance of the run that computes something (a resume that computes nothing
+            // keeps the command, commit and date of the results it holds).
+            results.command = self.command.clone();
+            results.git_commit = git_commit();
         }
         let worker = match pending.is_empty() {
             true => PathBuf::new(),
@@ -68,7 +72,9 @@ impl Sweep {
             self.run_worker(&worker, bits, &modes, &mut results)?;
             print_summary(&results, bits);
         }
-        results.date = utc_now();
+        if computes {
+            results.date = utc_now();
+        }
         results.save(&self.out)?;
         plot(&results, &self.out)?;
         eprintln!("results and plots in {}", self.out.display());
