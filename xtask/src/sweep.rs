@@ -100,6 +100,7 @@ impl Sweep {
 
     fn worker_args(&self, bits: u32, modes: &[Mode]) -> Vec<String> {
         let c = &self.config;
+        let number = |v: Option<usize>| v.map(|n| n.to_string());
         let mut args: Vec<String> = vec![
             "--model".into(),
             c.model.clone(),
@@ -122,6 +123,16 @@ impl Sweep {
             "--checkpoint".into(),
             self.checkpoint().display().to_string(),
             "--messages".into(),
+            "--qat-optimizer".into(),
+            c.qat_optimizer.name().into(),
+            "--qat-schedule".into(),
+            c.qat_schedule.name().into(),
+            "--qat-weight-decay".into(),
+            c.qat_weight_decay.to_string(),
+            "--weight-range".into(),
+            c.weight_range.clone(),
+            "--activation-range".into(),
+            c.activation_range.clone(),
         ];
         let mut push = |flag: &str, value: Option<String>| {
             if let Some(v) = value {
@@ -129,9 +140,11 @@ impl Sweep {
                 args.push(v);
             }
         };
-        push("--train-limit", c.train_limit.map(|n| n.to_string()));
-        push("--validation", c.validation.map(|n| n.to_string()));
-        push("--test-limit", c.test_limit.map(|n| n.to_string()));
+        push("--train-limit", number(c.train_limit));
+        push("--validation", number(c.validation));
+        push("--test-limit", number(c.test_limit));
+        push("--freeze-observers-after", number(c.freeze_observers_after));
+        push("--freeze-bn-after", number(c.freeze_bn_after));
         push(
             "--data-dir",
             self.data_dir.as_ref().map(|d| d.display().to_string()),
@@ -152,26 +165,6 @@ impl Sweep {
         if c.float_bias {
             args.push("--float-bias".into());
         }
-        args.extend([
-            "--qat-optimizer".into(),
-            c.qat_optimizer.name().into(),
-            "--qat-schedule".into(),
-            c.qat_schedule.name().into(),
-            "--qat-weight-decay".into(),
-            c.qat_weight_decay.to_string(),
-            "--weight-range".into(),
-            c.weight_range.clone(),
-            "--activation-range".into(),
-            c.activation_range.clone(),
-        ]);
-        let mut push = |flag: &str, value: Option<usize>| {
-            if let Some(v) = value {
-                args.push(flag.into());
-                args.push(v.to_string());
-            }
-        };
-        push("--freeze-observers-after", c.freeze_observers_after);
-        push("--freeze-bn-after", c.freeze_bn_after);
         args
     }
 
@@ -481,6 +474,10 @@ mod tests {
             "--train-limit 1000",
             "--data-dir /data",
             "--messages",
+            "--qat-optimizer sgd",
+            "--qat-schedule constant",
+            "--weight-range minmax",
+            "--activation-range minmax",
         ] {
             assert!(args.contains(expected), "{args}");
         }
