@@ -291,24 +291,24 @@ impl MinMaxObserver {
         if self.is_observing() {
             self.update(&x);
         }
-        if let Some(qparams) = self.learned_qparams() {
-            let channels = qparams.scale.dims()[0];
-            // The largest zero point leaves the fewest positive levels.
-            let top = qparams.zero_point.clone().max().into_scalar::<f32>() as i32;
-            let grad_scale = lsq_grad_scale(
-                x.shape().num_elements() / channels,
-                self.scheme.qmax() - top,
-            );
-            let y = match self.scheme.is_bipolar() {
-                true => bipolar_fake_quant(x, &qparams, self.ste, grad_scale),
-                false => lsq_fake_quant(x, &qparams, grad_scale),
-            };
-            return (y, qparams);
-        }
-        let qparams = self.range_qparams();
-        let y = match self.scheme.is_bipolar() {
-            true => bipolar_fake_quant(x, &qparams, self.ste, 1.0),
-            false => fake_quant(x, &qparams, self.ste),
+        // A learned step also gets a gradient, scaled by LSQ's `1/sqrt(N·Q_P)`.
+        let (qparams, learned_grad_scale) = match self.learned_qparams() {
+            Some(qparams) => {
+                let channels = qparams.scale.dims()[0];
+                // The largest zero point leaves the fewest positive levels.
+                let top = qparams.zero_point.clone().max().into_scalar::<f32>() as i32;
+                let grad_scale = lsq_grad_scale(
+                    x.shape().num_elements() / channels,
+                    self.scheme.qmax() - top,
+                );
+                (qparams, Some(grad_scale))
+            }
+            None => (self.range_qparams(), None),
+        };
+        let y = match (self.scheme.is_bipolar(), learned_grad_scale) {
+            (true, g) => bipolar_fake_quant(x, &qparams, self.ste, g.unwrap_or(1.0)),
+            (false, Some(g)) => lsq_fake_quant(x, &qparams, g),
+            (false, None) => fake_quant(x, &qparams, self.ste),
         };
         (y, qparams)
     }

@@ -233,8 +233,13 @@ fn main() -> Result<()> {
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(default_out));
-            let mut methods = args.method.clone();
-            methods.dedup();
+            // Each method once, in the order given.
+            let mut methods: Vec<QuantMethod> = Vec::new();
+            for &m in &args.method {
+                if !methods.contains(&m) {
+                    methods.push(m);
+                }
+            }
             let mut done = Vec::new();
             for (i, &method) in methods.iter().enumerate() {
                 eprintln!("== method {} ==", method.name());
