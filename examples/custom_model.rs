@@ -1,9 +1,9 @@
 //! Your own ResNet-style model, written once with burn-quant's layers: train, calibrate, freeze,
-//! save (config + weights), load, run on integers. `cargo run --release --example custom_model`
+//! save (config + weights), load, run on integers, export to ONNX. `cargo run --release --example custom_model`
 use burn::nn::{LinearConfig, PaddingConfig2d::Explicit, conv::Conv2dConfig, loss};
 use burn::tensor::{Device, Distribution::Normal, Distribution::Uniform, Int, Tensor};
 use burn::{config::Config, module::Module, optim::GradientsParams, optim::SgdConfig};
-use burn_quant::{QuantError, default_device, freeze, nn::*, set_observing};
+use burn_quant::{QuantError, default_device, export, freeze, nn::*, set_observing};
 
 #[derive(Module, Debug)] #[rustfmt::skip] // one forward: float, fake-quant or integer (the input's mode)
 struct ResNet { convs: Vec<QConv2d>, relu: QReLU, add: QAdd, pool: QAvgPool2d, fc: QLinear }
@@ -55,6 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (loaded, x) = (freeze(loaded.try_load_file(dir.join("resnet.bpk"))?)?, images(&device));
     let fake = model.forward(QTensor::new(x.clone(), Mode::FakeQuant)).dequantize();
     assert_eq!(fake.into_data(), loaded.forward(QTensor::new(x, Mode::Integer)).dequantize().into_data());
+    let graph = export::trace(&loaded, [1, 1, 12, 12], |m, x| m.forward(x))?; // export to ONNX (QDQ)
+    export::onnx::save(&graph, &export::onnx::OnnxConfig::new(), dir.join("resnet.onnx"))?;
     println!("trained, calibrated, frozen, saved, loaded: integer logits = fake-quant logits");
+    println!("exported {}", dir.join("resnet.onnx").display());
     Ok(())
 }

@@ -78,4 +78,20 @@ pub enum QuantError {
         /// Comma-separated list of the enabled backends.
         enabled: String,
     },
+    /// A model cannot be exported: not frozen, or a step without an export mapping.
+    #[error("cannot export {layer}: {reason}")]
+    Unexportable {
+        /// The layer (`QConv2d #2`: the second layer called), observer or step.
+        layer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file cannot be written or read.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the system reported.
+        reason: String,
+    },
 }

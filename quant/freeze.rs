@@ -22,6 +22,13 @@ use crate::{QuantError, set_observing};
 /// assert!(!freeze(observer).unwrap().is_observing());
 /// ```
 pub fn freeze<M: Module>(model: M) -> Result<M, QuantError> {
+    check_calibrated(&model)?;
+    Ok(set_observing(model, false))
+}
+
+/// Fails with [`QuantError::UncalibratedObserver`] naming the first observer of `model` that
+/// never saw data.
+pub(crate) fn check_calibrated<M: Module>(model: &M) -> Result<(), QuantError> {
     let mut check = Calibrated {
         path: Vec::new(),
         missing: None,
@@ -29,7 +36,7 @@ pub fn freeze<M: Module>(model: M) -> Result<M, QuantError> {
     model.visit(&mut check);
     match check.missing {
         Some(path) => Err(QuantError::UncalibratedObserver { path }),
-        None => Ok(set_observing(model, false)),
+        None => Ok(()),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod engine;
 mod error;
+pub mod export;
 mod fake_quant;
 mod freeze;
 pub mod nn;

@@ -5,6 +5,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::{Mode, QConfig, QTensor, QValue, Quantized};
 use crate::engine::Requantizer;
+use crate::export::{ActivationGrid, ExportOp, IntBias, IntWeight};
 use crate::fake_quant::fake_quant_on_grid;
 use crate::{MinMaxObserver, QParams, QuantError, Ste, quantize};
 
@@ -153,6 +154,8 @@ impl LayerObservers {
     /// [`Mode::FakeQuant`], and in [`Mode::Integer`] the input as integers on this layer's
     /// input grid through `integer` (which freezes the layer for that grid and runs it).
     ///
+    /// While a model is exported, the layer's steps are `export` of its input grid.
+    ///
     /// # Panics
     /// In [`Mode::Integer`] when `integer` fails (observers not calibrated: run
     /// [`crate::freeze`] first, which names the observer), naming `layer`.
@@ -163,19 +166,72 @@ impl LayerObservers {
         float: impl FnOnce(Tensor<D>) -> Tensor<D>,
         fake: impl FnOnce(Quantized<D>) -> Quantized<D>,
         integer: impl FnOnce(Tensor<D, Int>, &QParams) -> Result<QValue<D>, QuantError>,
+        export: impl FnOnce(&QParams) -> Result<Vec<ExportOp>, QuantError>,
     ) -> QTensor<D> {
         let mode = x.mode;
+        let mut input_grid = None;
         let value = match mode {
             Mode::Float => QValue::Real(float(x.value.dequantize())),
             Mode::FakeQuant => fake(x.value.into_quantized()).into(),
             Mode::Integer => {
                 let (q, grid) = self.input_integers(x.value);
-                integer(q, &grid).unwrap_or_else(|e| {
+                let value = integer(q, &grid).unwrap_or_else(|e| {
                     panic!("{layer} cannot run on integers: {e} (check the model with burn_quant::freeze)")
-                })
+                });
+                input_grid = Some(grid);
+                value
             }
         };
-        QTensor { value, mode }
+        QTensor::layer_output(value, mode, &[x.trace.as_ref()], layer, || {
+            export(&input_grid.ok_or(QuantError::InvalidSetting(
+                "a model is exported from its integer form (Mode::Integer)".into(),
+            ))?)
+        })
+    }
+
+    /// The exported steps of a layer with weights on an input on `input`: the input's
+    /// quantization (when the layer observes it), `layer` (given the integer weight and
+    /// bias), a ReLU (`relu_after`), the output's quantization (unless the output is the
+    /// accumulator).
+    pub(crate) fn export_ops<const D: usize>(
+        &self,
+        input: &QParams,
+        weight: Tensor<D>,
+        bias: Option<Tensor<1>>,
+        relu_after: bool,
+        layer: impl FnOnce(IntWeight, IntBias) -> ExportOp,
+    ) -> Result<Vec<ExportOp>, QuantError> {
+        let mut ops = Vec::new();
+        if self.input.is_some() {
+            ops.push(ExportOp::Quantize(ActivationGrid::of(input)?));
+        }
+        let weight_qparams = self.weight.checked_qparams()?;
+        let (scale, zero_point) = weight_qparams.to_host();
+        let shape = weight.dims().to_vec();
+        let frozen = self.freeze_weights(weight.clone(), bias, input)?;
+        let values = host_ints(quantize(weight, &weight_qparams));
+        let (si, _) = host_scalar(input);
+        let int_weight = IntWeight {
+            values,
+            shape,
+            axis: self.weight_axis,
+            qmin: weight_qparams.scheme.qmin(),
+            qmax: weight_qparams.scheme.qmax(),
+            scale: scale.clone(),
+            zero_point,
+        };
+        let int_bias = IntBias {
+            values: host_ints(frozen.bias),
+            scale: scale.iter().map(|&sw| si * sw).collect(),
+        };
+        ops.push(layer(int_weight, int_bias));
+        if relu_after {
+            ops.push(ExportOp::Relu);
+        }
+        if !self.integer_output {
+            ops.push(ExportOp::Quantize(ActivationGrid::of(&frozen.output)?));
+        }
+        Ok(ops)
     }
 
     /// Fake-quantizes the weight, and the bias on the `Si·Sw` grid when configured.
@@ -282,6 +338,14 @@ fn freeze_bias(bias: Tensor<1>, si: f32, sw: &[f32]) -> Tensor<1, Int> {
         .collect();
     let n = ints.len();
     Tensor::from_data(TensorData::new(ints, [n]), &device)
+}
+
+/// The integers of `q` on the host, row-major.
+fn host_ints<const D: usize>(q: Tensor<D, Int>) -> Vec<i32> {
+    q.into_data()
+        .convert::<i32>()
+        .try_to_vec::<i32>()
+        .expect("i32 after conversion")
 }
 
 /// Per-tensor scale and zero point on the host; activations are always per tensor.

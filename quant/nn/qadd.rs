@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 use super::layer_observers::host_scalar;
 use super::{Mode, QConfig, QTensor, QValue, Quantized};
 use crate::engine::IntAdd;
+use crate::export::{ActivationGrid, ExportOp};
 use crate::{MinMaxObserver, QParams, QuantError, dequantize, quantize};
 
 /// Configuration of a [`QAdd`].
@@ -55,6 +56,8 @@ impl QAdd {
     /// [`Mode::Integer`] when the output observer is not calibrated (see [`crate::freeze`]).
     pub fn forward<const D: usize>(&self, a: QTensor<D>, b: QTensor<D>) -> QTensor<D> {
         let mode = a.mode;
+        let traces = [a.trace, b.trace];
+        let mut output_grid = None;
         let value = match (mode, a.value, b.value) {
             (Mode::Float, a, b) => QValue::Real(a.dequantize() + b.dequantize()),
             (Mode::Integer, QValue::Int { q: qa, grid: ga }, QValue::Int { q: qb, grid: gb }) => {
@@ -63,6 +66,7 @@ impl QAdd {
                         "QAdd cannot run on integers: {e} (check the model with burn_quant::freeze)"
                     )
                 });
+                output_grid = Some(add.output.clone());
                 QValue::Int {
                     q: add.forward(qa, qb),
                     grid: add.output,
@@ -72,7 +76,16 @@ impl QAdd {
                 .forward_fq(a.into_quantized(), b.into_quantized())
                 .into(),
         };
-        QTensor { value, mode }
+        let inputs = [traces[0].as_ref(), traces[1].as_ref()];
+        QTensor::layer_output(value, mode, &inputs, "QAdd", || {
+            let grid = output_grid.ok_or(QuantError::InvalidSetting(
+                "a model is exported from its integer form (Mode::Integer)".into(),
+            ))?;
+            Ok(vec![
+                ExportOp::Add,
+                ExportOp::Quantize(ActivationGrid::of(&grid)?),
+            ])
+        })
     }
 
     /// Float forward.

@@ -7,7 +7,8 @@ use burn::tensor::{Int, Tensor};
 use super::layer_observers::host_scalar;
 use super::{QTensor, QValue, Quantized};
 use crate::engine::{int_avg_pool2d, int_global_avg_pool2d};
-use crate::{QParams, Ste, dequantize, fake_quant, quantize};
+use crate::export::{ActivationGrid, ExportOp};
+use crate::{QParams, QuantError, Ste, dequantize, fake_quant, quantize};
 
 /// Average pooling that keeps its input's grid: non-overlapping `kernel × kernel` windows, or
 /// global (`kernel == None`, output `1 × 1`). On the grid the mean is rounded half up
@@ -40,6 +41,8 @@ impl QAvgPool2d {
     /// The one forward (the grid is kept).
     pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
         let mode = x.mode;
+        let grid = x.grid().cloned();
+        let [_, _, h, w] = x.dims();
         let value = match x.value {
             QValue::Real(t) => QValue::Real(self.forward_float(t)),
             QValue::Int { q, grid } => QValue::Int {
@@ -48,7 +51,16 @@ impl QAvgPool2d {
             },
             fake => self.forward_fq(fake.into_quantized()).into(),
         };
-        QTensor { value, mode }
+        QTensor::layer_output(value, mode, &[x.trace.as_ref()], "QAvgPool2d", || {
+            let grid = grid.ok_or(QuantError::InvalidSetting(
+                "average pooling is exported on a quantized input".into(),
+            ))?;
+            Ok(vec![ExportOp::AvgPool {
+                window: self.kernel.map_or([h, w], |k| [k, k]),
+                global: self.kernel.is_none(),
+                grid: ActivationGrid::of(&grid)?,
+            }])
+        })
     }
 
     /// Float forward.

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor, module::conv2d};
 
 use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::engine::{ConvGeometry, IntConv2d};
+use crate::export::ExportOp;
 use crate::{QParams, QuantError};
 
 /// Configuration of a [`QConv2d`]: Burn's [`Conv2dConfig`] (any stride, padding, dilation,
@@ -107,6 +108,7 @@ impl QConv2d {
     /// # Panics
     /// In [`Mode::Integer`](super::Mode::Integer) when an observer is not calibrated (see [`crate::freeze`]).
     pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
+        let [_, _, h, w] = x.dims();
         self.observers.forward_modes(
             "QConv2d",
             x,
@@ -121,6 +123,19 @@ impl QConv2d {
                     |q| conv.accumulate(q),
                     |q| conv.forward(q),
                     output,
+                )
+            },
+            |grid| {
+                let bias = self.conv.bias.as_ref().map(|b| b.val());
+                let weight = self.conv.weight.val();
+                export_conv(
+                    &self.conv,
+                    &self.observers,
+                    grid,
+                    weight,
+                    bias,
+                    false,
+                    [h, w],
                 )
             },
         )
@@ -188,6 +203,30 @@ pub(crate) fn conv_output(
         accumulate,
         float,
     )
+}
+
+/// The exported steps of `conv` with `weight` and `bias` on an `h × w` input on `input`.
+pub(crate) fn export_conv(
+    conv: &Conv2d,
+    observers: &LayerObservers,
+    input: &QParams,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    relu_after: bool,
+    [h, w]: [usize; 2],
+) -> Result<Vec<ExportOp>, QuantError> {
+    let geometry = ConvGeometry::of(conv);
+    let [(top, bottom), (left, right)] = geometry.padding_pairs(h, w);
+    observers.export_ops(input, weight, bias, relu_after, |weight, bias| {
+        ExportOp::Conv {
+            weight,
+            bias,
+            strides: geometry.stride,
+            pads: [top, left, bottom, right],
+            dilations: geometry.dilation,
+            groups: conv.groups,
+        }
+    })
 }
 
 /// Freezes `weight` and `bias` (of `conv`'s geometry; `None`: no bias) into an integer

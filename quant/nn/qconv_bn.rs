@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::{Device, Tensor, activation::relu};
 
-use super::qconv2d::{check_conv_config, conv_output};
+use super::qconv2d::{check_conv_config, conv_output, export_conv};
 use super::{LayerObservers, QConfig, QTensor, QValue, Quantized};
 use crate::QParams;
 use crate::QuantError;
@@ -145,6 +145,7 @@ impl QConvBn {
     /// # Panics
     /// In [`Mode::Integer`](super::Mode::Integer) when an observer is not calibrated (see [`crate::freeze`]).
     pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
+        let [_, _, h, w] = x.dims();
         self.observers.forward_modes(
             "QConvBn",
             x,
@@ -161,6 +162,19 @@ impl QConvBn {
                     q,
                     grid: conv.output,
                 })
+            },
+            |grid| {
+                let (weight, bias) = self.fold_running();
+                let observers = &self.observers;
+                export_conv(
+                    &self.conv,
+                    observers,
+                    grid,
+                    weight,
+                    Some(bias),
+                    self.relu,
+                    [h, w],
+                )
             },
         )
     }

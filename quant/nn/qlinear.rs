@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor, module::linear};
 
 use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::engine::IntLinear;
+use crate::export::ExportOp;
 use crate::{QParams, QuantError};
 
 /// Configuration of a [`QLinear`]: Burn's [`LinearConfig`] and the quantization settings.
@@ -95,6 +96,15 @@ impl QLinear {
                     |q| linear.forward(q),
                     output,
                 )
+            },
+            |grid| {
+                let bias = self.linear.bias.as_ref().map(|b| b.val());
+                let weight = self.linear.weight.val();
+                self.observers
+                    .export_ops(grid, weight, bias, false, |weight, bias| ExportOp::MatMul {
+                        weight,
+                        bias,
+                    })
             },
         )
     }

@@ -6,7 +6,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::{Int, Tensor};
 
 use super::{QTensor, Quantized};
-use crate::engine::int_max_pool2d;
+use crate::engine::{ConvGeometry, int_max_pool2d};
+use crate::export::ExportOp;
 
 /// Max-pooling of any geometry (Burn's [`MaxPool2d`]: kernel, stride, padding, dilation, ceil
 /// mode). The maximum is monotone, so it keeps the grid and is exact on integers: the
@@ -45,7 +46,28 @@ impl QMaxPool2d {
     /// - input: `[n, c, h, w]`
     /// - output: `[n, c, h', w']` as Burn's [`MaxPool2d`]
     pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
-        x.map_values(|t| self.pool.forward(t), |q, _| self.forward_int(q))
+        let [_, _, h, w] = x.dims();
+        let pool = &self.pool;
+        let geometry = ConvGeometry {
+            kernel_size: pool.kernel_size,
+            stride: pool.stride,
+            dilation: pool.dilation,
+            padding: pool.padding.clone(),
+        };
+        let [(top, bottom), (left, right)] = geometry.padding_pairs(h, w);
+        let op = ExportOp::MaxPool {
+            kernel: pool.kernel_size,
+            strides: pool.stride,
+            pads: [top, left, bottom, right],
+            dilations: pool.dilation,
+            ceil_mode: pool.ceil_mode,
+        };
+        x.map_exported(
+            "QMaxPool2d",
+            |t| pool.forward(t),
+            |q, _| self.forward_int(q),
+            || Ok(vec![op]),
+        )
     }
 
     /// Float forward.

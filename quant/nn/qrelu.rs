@@ -6,6 +6,7 @@ use burn::tensor::{Int, Tensor, activation::relu};
 use super::{QTensor, Quantized};
 use crate::QParams;
 use crate::engine::int_relu;
+use crate::export::ExportOp;
 
 /// ReLU on a fake-quantized tensor: the grid is kept (0 lies on it), so no observer is needed.
 /// On the integer grid it is `max(q, Z)`.
@@ -24,7 +25,8 @@ impl QReLU {
     /// # Shapes
     /// - input and output: any shape
     pub fn forward<const D: usize>(&self, x: QTensor<D>) -> QTensor<D> {
-        x.map_values(relu, |q, grid| self.forward_int(q, grid))
+        let int = |q, grid: &QParams| self.forward_int(q, grid);
+        x.map_exported("QReLU", relu, int, || Ok(vec![ExportOp::Relu]))
     }
 
     /// Float forward.

@@ -5,7 +5,8 @@
 use burn::tensor::{Int, Tensor};
 
 use super::Quantized;
-use crate::{QParams, dequantize};
+use crate::export::{ExportOp, Traced, record};
+use crate::{QParams, QuantError, dequantize};
 
 /// How a model built from burn-quant's layers computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +89,8 @@ pub struct QTensor<const D: usize> {
     pub value: QValue<D>,
     /// The mode of the model.
     pub mode: Mode,
+    /// Set while [`crate::export::trace`] records the model.
+    pub(crate) trace: Option<Traced>,
 }
 
 impl<const D: usize> QTensor<D> {
@@ -96,6 +99,23 @@ impl<const D: usize> QTensor<D> {
         Self {
             value: QValue::Real(tensor),
             mode,
+            trace: None,
+        }
+    }
+
+    /// The output of a layer: `value` in the mode of the layer's `inputs`, traced from them
+    /// with the steps `ops` while a model is being exported (see [`crate::export::trace`]).
+    pub(crate) fn layer_output(
+        value: QValue<D>,
+        mode: Mode,
+        inputs: &[Option<&Traced>],
+        layer: &str,
+        ops: impl FnOnce() -> Result<Vec<ExportOp>, QuantError>,
+    ) -> Self {
+        Self {
+            value,
+            mode,
+            trace: record(inputs, layer, ops),
         }
     }
 
@@ -123,12 +143,32 @@ impl<const D: usize> QTensor<D> {
     /// Applies an op that keeps the grid (reshape, flatten, permute, max-pooling, ReLU) to
     /// whichever form the values have: `real` to real and fake-quantized values, `int` to the
     /// integers and their grid.
+    ///
+    /// A model that uses it cannot be exported ([`crate::export::trace`] fails naming it):
+    /// the functions are opaque. burn-quant's own layers and [`QTensor::flatten`] /
+    /// [`QTensor::reshape`] are exported.
     pub fn map_values<const D2: usize>(
         self,
         real: impl FnOnce(Tensor<D>) -> Tensor<D2>,
         int: impl FnOnce(Tensor<D, Int>, &QParams) -> Tensor<D2, Int>,
     ) -> QTensor<D2> {
+        self.map_exported("QTensor::map_values", real, int, || {
+            Err(QuantError::InvalidSetting(
+                "a custom function has no export mapping".into(),
+            ))
+        })
+    }
+
+    /// [`QTensor::map_values`] for an op of `layer` exported as `ops`.
+    pub(crate) fn map_exported<const D2: usize>(
+        self,
+        layer: &str,
+        real: impl FnOnce(Tensor<D>) -> Tensor<D2>,
+        int: impl FnOnce(Tensor<D, Int>, &QParams) -> Tensor<D2, Int>,
+        ops: impl FnOnce() -> Result<Vec<ExportOp>, QuantError>,
+    ) -> QTensor<D2> {
         let mode = self.mode;
+        let trace = self.trace;
         let value = match self.value {
             QValue::Real(t) => QValue::Real(real(t)),
             QValue::Fake { tensor, grid } => QValue::Fake {
@@ -140,16 +180,48 @@ impl<const D: usize> QTensor<D> {
                 grid,
             },
         };
-        QTensor { value, mode }
+        QTensor::layer_output(value, mode, &[trace.as_ref()], layer, ops)
+    }
+
+    /// The shape of the values.
+    pub fn dims(&self) -> [usize; D] {
+        match &self.value {
+            QValue::Real(t) | QValue::Fake { tensor: t, .. } => t.dims(),
+            QValue::Int { q, .. } => q.dims(),
+        }
     }
 
     /// Flattens dimensions `start..=end` (the grid is kept).
     pub fn flatten<const D2: usize>(self, start: usize, end: usize) -> QTensor<D2> {
-        self.map_values(|t| t.flatten(start, end), |q, _| q.flatten(start, end))
+        let dims = self.dims();
+        // Exported: dimensions before `start` kept (0), the flattened one inferred (-1).
+        let shape = (0..start)
+            .map(|_| 0)
+            .chain([-1])
+            .chain(dims[end + 1..].iter().map(|&d| d as i64))
+            .collect();
+        self.map_exported(
+            "QTensor::flatten",
+            |t| t.flatten(start, end),
+            |q, _| q.flatten(start, end),
+            || Ok(vec![ExportOp::Reshape { shape }]),
+        )
     }
 
-    /// Reshapes (the grid is kept).
+    /// Reshapes (the grid is kept). Exported with the first dimension kept dynamic (the batch)
+    /// when it equals the input's first dimension.
     pub fn reshape<const D2: usize>(self, shape: [usize; D2]) -> QTensor<D2> {
-        self.map_values(|t| t.reshape(shape), |q, _| q.reshape(shape))
+        let batch = self.dims()[0];
+        let exported = shape
+            .iter()
+            .enumerate()
+            .map(|(i, &d)| if i == 0 && d == batch { 0 } else { d as i64 })
+            .collect();
+        self.map_exported(
+            "QTensor::reshape",
+            |t| t.reshape(shape),
+            |q, _| q.reshape(shape),
+            || Ok(vec![ExportOp::Reshape { shape: exported }]),
+        )
     }
 }

@@ -76,7 +76,8 @@ struct SweepArgs {
     /// Backend cargo feature the worker is built and run with (flex, ndarray, wgpu, vulkan).
     #[arg(long, default_value = "flex")]
     backend: String,
-    /// Model: `net` (the article's) or `netbn` (BatchNorm folded into the convolutions).
+    /// Model: `net` (the article's), `netbn` (BatchNorm folded into the convolutions) or
+    /// `resnet` (a small residual network).
     #[arg(long, default_value = "net")]
     model: String,
     /// Float training epochs [15; quick: 1].
@@ -113,6 +114,10 @@ struct SweepArgs {
     /// Recompute everything, even what a previous run with the same configuration has.
     #[arg(long)]
     force: bool,
+    /// Also write every quantized model as ONNX (QDQ) next to its method's results
+    /// (`ptq-4bit.onnx`, `qat-4bit.onnx`); results without their file are recomputed.
+    #[arg(long)]
+    export_onnx: bool,
     /// Keep the bias in float in the fake-quantized model (the reference's choice).
     #[arg(long)]
     float_bias: bool,
@@ -211,8 +216,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Sweep(args) => {
-            if !["net", "netbn"].contains(&args.model.as_str()) {
-                bail!("unknown model `{}` (available: net, netbn)", args.model);
+            if !["net", "netbn", "resnet"].contains(&args.model.as_str()) {
+                bail!(
+                    "unknown model `{}` (available: net, netbn, resnet)",
+                    args.model
+                );
             }
             if !["flex", "ndarray", "wgpu", "vulkan"].contains(&args.backend.as_str()) {
                 bail!(
@@ -252,6 +260,7 @@ fn main() -> Result<()> {
                     force: args.force,
                     // The methods share the float model: retrained (with --force) once.
                     retrain_float: args.force && i == 0,
+                    export_onnx: args.export_onnx,
                     command: command.clone(),
                 };
                 done.push((method, sweep.run()?));

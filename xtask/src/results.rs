@@ -186,14 +186,15 @@ impl Results {
         previous.filter(|p| !force && &p.config == config)
     }
 
-    /// The modes still missing at each of `bits`, in order.
-    pub fn pending(&self, bits: &[u32]) -> Vec<(u32, Vec<Mode>)> {
+    /// The modes still missing at each of `bits`, in order, and those for which `also` holds
+    /// (e.g. an exported model that is missing).
+    pub fn pending(&self, bits: &[u32], also: impl Fn(u32, Mode) -> bool) -> Vec<(u32, Vec<Mode>)> {
         bits.iter()
             .filter_map(|&b| {
                 let row = self.rows.iter().find(|r| r.bits == b);
                 let missing: Vec<Mode> = Mode::BOTH
                     .into_iter()
-                    .filter(|&m| row.and_then(|r| r.get(m)).is_none())
+                    .filter(|&m| row.and_then(|r| r.get(m)).is_none() || also(b, m))
                     .collect();
                 (!missing.is_empty()).then_some((b, missing))
             })
@@ -419,8 +420,12 @@ pub(crate) mod tests {
         r.record(2, Mode::Ptq, result(0.5), 1.0);
         r.record(2, Mode::Qat, result(0.6), 2.0);
         assert_eq!(
-            r.pending(&[1, 2, 4]),
+            r.pending(&[1, 2, 4], |_, _| false),
             vec![(1, vec![Mode::Ptq, Mode::Qat]), (4, vec![Mode::Qat])]
+        );
+        assert_eq!(
+            r.pending(&[2, 4], |b, m| b == 2 && m == Mode::Ptq),
+            vec![(2, vec![Mode::Ptq]), (4, vec![Mode::Qat])]
         );
         assert_eq!(
             r.rows.iter().map(|r| r.bits).collect::<Vec<_>>(),

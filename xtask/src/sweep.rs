@@ -15,6 +15,11 @@ use burn_quant_mnist_protocol::WorkerMessage;
 
 use crate::results::{Mode, ModeResult, Results, SweepConfig, write_atomic};
 
+/// The name the worker gives the ONNX model of `mode` at `bits` (e.g. `qat-4bit.onnx`).
+pub fn onnx_file(bits: u32, mode: Mode) -> String {
+    format!("{}-{bits}bit.onnx", mode.name())
+}
+
 /// What to run.
 pub struct Sweep {
     /// Everything that changes the numbers.
@@ -32,6 +37,9 @@ pub struct Sweep {
     pub force: bool,
     /// Retrain the float model even when its checkpoint matches.
     pub retrain_float: bool,
+    /// Write each quantized model as ONNX next to the results (`ptq-4bit.onnx`); a model
+    /// whose file is missing is recomputed.
+    pub export_onnx: bool,
     /// The command line, recorded in the results.
     pub command: String,
 }
@@ -51,7 +59,9 @@ impl Sweep {
             None => Results::new(self.config.clone(), git_commit(), self.command.clone()),
         };
         self.prepare_checkpoint()?;
-        let pending = results.pending(&self.bits);
+        let pending = results.pending(&self.bits, |bits, mode| {
+            self.export_onnx && !self.out.join(onnx_file(bits, mode)).exists()
+        });
         let computes = !pending.is_empty();
         if !computes {
             eprintln!(
@@ -164,6 +174,10 @@ impl Sweep {
         }
         if c.float_bias {
             args.push("--float-bias".into());
+        }
+        if self.export_onnx {
+            args.push("--export-onnx".into());
+            args.push(self.out.display().to_string());
         }
         args
     }
@@ -465,6 +479,7 @@ mod tests {
             float_dir: PathBuf::from("/out"),
             force: false,
             retrain_float: false,
+            export_onnx: true,
             command: "cmd".into(),
         };
         let args = sweep.worker_args(4, &[Mode::Qat]).join(" ");
@@ -478,6 +493,7 @@ mod tests {
             "--qat-schedule constant",
             "--weight-range minmax",
             "--activation-range minmax",
+            "--export-onnx /out",
         ] {
             assert!(args.contains(expected), "{args}");
         }
@@ -501,6 +517,7 @@ mod tests {
             float_dir: dir.clone(),
             force: false,
             retrain_float: false,
+            export_onnx: false,
             command: "cmd".into(),
         };
         sweep.prepare_checkpoint().unwrap();

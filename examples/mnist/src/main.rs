@@ -19,7 +19,7 @@ use burn_quant::nn::QConfig;
 use burn_quant_mnist::Dataset;
 use burn_quant_mnist::data::Mnist;
 use burn_quant_mnist::experiment::{self, PipelineConfig};
-use burn_quant_mnist::models::{MnistModel, Net, NetBN};
+use burn_quant_mnist::models::{MnistModel, Net, NetBN, ResNet};
 use burn_quant_mnist::protocol::{Method, WorkerMessage, parse_bits};
 use burn_quant_mnist::train::{LrSchedule, OptimizerKind, Progress, TrainConfig};
 use clap::Parser;
@@ -114,9 +114,14 @@ struct Args {
     /// Skip PTQ or QAT.
     #[arg(long, value_parser = ["ptq", "qat"])]
     only: Option<String>,
-    /// Model: `net` (the article's) or `netbn` (with BatchNorm, folded when quantized).
-    #[arg(long, default_value = "net", value_parser = ["net", "netbn"])]
+    /// Model: `net` (the article's), `netbn` (with BatchNorm, folded when quantized) or
+    /// `resnet` (a small residual network).
+    #[arg(long, default_value = "net", value_parser = ["net", "netbn", "resnet"])]
     model: String,
+    /// Write each frozen PTQ/QAT model as ONNX (QDQ) into this directory, named by mode and
+    /// bits (`ptq-4bit.onnx`, `qat-4bit.onnx`).
+    #[arg(long)]
+    export_onnx: Option<PathBuf>,
     /// Also print progress and results as typed message lines (for `cargo xtask sweep`).
     #[arg(long)]
     messages: bool,
@@ -171,6 +176,7 @@ fn main() {
     let args = Args::parse();
     match args.model.as_str() {
         "netbn" => run::<NetBN>(&args),
+        "resnet" => run::<ResNet>(&args),
         _ => run::<Net>(&args),
     }
 }
@@ -244,6 +250,10 @@ fn run<M: MnistModel>(args: &Args) {
         },
     );
 
+    if let Some(dir) = &args.export_onnx {
+        std::fs::create_dir_all(dir)
+            .unwrap_or_else(|e| fail(format!("cannot create {}: {e}", dir.display())));
+    }
     let pipeline = PipelineConfig {
         qat: TrainConfig {
             epochs: args.qat_epochs,
@@ -297,8 +307,13 @@ fn run<M: MnistModel>(args: &Args) {
                     &mut reporter("qat", args.messages),
                 )
             };
-            let (_, result) = result.unwrap_or_else(|e| fail(e));
+            let (qnet, result) = result.unwrap_or_else(|e| fail(e));
             let secs = start.elapsed().as_secs_f64();
+            if let Some(dir) = &args.export_onnx {
+                let path = dir.join(format!("{mode}-{bits}bit.onnx"));
+                qnet.save_onnx(&path).unwrap_or_else(|e| fail(e));
+                eprintln!("exported {}", path.display());
+            }
             println!(
                 "{bits:>4}  {mode:>4}  {:>9.2}%  {:>7.2}%  {:>8.2}%   ({secs:.0}s)",
                 100.0 * result.fake_quant,

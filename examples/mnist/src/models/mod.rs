@@ -3,15 +3,24 @@
 
 mod net;
 mod net_bn;
+mod res_net;
+
+use std::path::Path;
 
 use burn::module::{Module, ParamGroup};
 use burn::tensor::{Device, Tensor};
 
+use burn_quant::export::{self, ExportGraph, onnx::OnnxConfig};
 use burn_quant::nn::{Mode, QConfig, QTensor};
 use burn_quant::{QuantError, set_observing};
 
 pub use net::Net;
 pub use net_bn::NetBN;
+pub use res_net::ResNet;
+
+/// How the exported ONNX models take their input (the pipeline's normalisation).
+pub const ONNX_INPUT_DOC: &str = "Input: MNIST images as float32 [batch, 1, 28, 28], pixel \
+    values p in 0..=255 normalised as (p / 255 - 0.1307) / 0.3081. Output: logits [batch, 10].";
 
 /// An MNIST classifier built from burn-quant's layers.
 pub trait MnistModel: Module + Sized {
@@ -31,6 +40,20 @@ pub trait MnistModel: Module + Sized {
     /// unchanged.
     fn freeze_bn(self, _frozen: bool) -> Self {
         self
+    }
+
+    /// The frozen model's graph, traced for images `[n, 1, 28, 28]`.
+    fn export_graph(&self) -> Result<ExportGraph, QuantError> {
+        export::trace(self, [1, 1, 28, 28], |m, x| m.forward(x))
+    }
+
+    /// Writes the frozen model to `path` as ONNX (QDQ), input `image`, output `logits`.
+    fn save_onnx(&self, path: &Path) -> Result<(), QuantError> {
+        let config = OnnxConfig::new()
+            .with_input_name("image".into())
+            .with_output_name("logits".into())
+            .with_doc(ONNX_INPUT_DOC.into());
+        export::onnx::save(&self.export_graph()?, &config, path)
     }
 
     /// Real-valued logits of `x` computed in `mode`.
