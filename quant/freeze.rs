@@ -1,7 +1,7 @@
 //! Freezing a model written with burn-quant's layers: every observer calibrated, observing
 //! switched off, so that it runs in [`Mode::Integer`](crate::nn::Mode::Integer).
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Flag, Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 
 use crate::{QuantError, set_observing};
@@ -22,30 +22,49 @@ use crate::{QuantError, set_observing};
 /// assert!(!freeze(observer).unwrap().is_observing());
 /// ```
 pub fn freeze<M: Module>(model: M) -> Result<M, QuantError> {
-    check_calibrated(&model)?;
+    check_calibrated(&model, false)?;
     Ok(set_observing(model, false))
 }
 
 /// Fails with [`QuantError::UncalibratedObserver`] naming the first observer of `model` that
-/// never saw data.
-pub(crate) fn check_calibrated<M: Module>(model: &M) -> Result<(), QuantError> {
-    let mut check = Calibrated {
-        path: Vec::new(),
-        missing: None,
-    };
+/// never saw data; with `frozen`, also with [`QuantError::Unexportable`] naming the first
+/// observer still observing.
+pub(crate) fn check_calibrated<M: Module>(model: &M, frozen: bool) -> Result<(), QuantError> {
+    let mut check = Observers::default();
     model.visit(&mut check);
-    match check.missing {
-        Some(path) => Err(QuantError::UncalibratedObserver { path }),
-        None => Ok(()),
+    match (check.uncalibrated, check.observing) {
+        (Some(path), _) => Err(QuantError::UncalibratedObserver { path }),
+        (None, Some(layer)) if frozen => Err(QuantError::Unexportable {
+            layer,
+            reason: "the observer is still observing: freeze the model (burn_quant::freeze)".into(),
+        }),
+        _ => Ok(()),
     }
 }
 
-struct Calibrated {
+/// The first observer (module path) that never saw data, and the first still observing.
+#[derive(Default)]
+struct Observers {
     path: Vec<String>,
-    missing: Option<String>,
+    uncalibrated: Option<String>,
+    observing: Option<String>,
 }
 
-impl ModuleVisitor for Calibrated {
+impl Observers {
+    /// The observer owning the parameter being visited.
+    fn observer(&self) -> String {
+        match &self.path[..self.path.len() - 1] {
+            [] => "<root>".into(),
+            observer => observer.join("."),
+        }
+    }
+
+    fn visits(&self, parameter: &str) -> bool {
+        self.path.last().is_some_and(|name| name == parameter)
+    }
+}
+
+impl ModuleVisitor for Observers {
     fn enter_module(&mut self, name: &str, _container_type: &str) {
         self.path.push(name.to_string());
     }
@@ -55,16 +74,17 @@ impl ModuleVisitor for Calibrated {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.missing.is_some() || self.path.last().is_none_or(|name| name != "updates") {
-            return;
+        if self.uncalibrated.is_none()
+            && self.visits("updates")
+            && param.val().sum().into_scalar::<f32>() == 0.0
+        {
+            self.uncalibrated = Some(self.observer());
         }
-        if param.val().sum().into_scalar::<f32>() == 0.0 {
-            let observer = &self.path[..self.path.len() - 1];
-            self.missing = Some(if observer.is_empty() {
-                "<root>".into()
-            } else {
-                observer.join(".")
-            });
+    }
+
+    fn visit_flag(&mut self, flag: &Param<Flag>) {
+        if self.observing.is_none() && self.visits("observing") && flag.val().is_enabled() {
+            self.observing = Some(self.observer());
         }
     }
 }

@@ -221,6 +221,21 @@ fn ints(name: &str, values: &[usize]) -> AttributeProto {
     }
 }
 
+/// The attributes of a sliding window (convolution, pooling).
+fn window_attributes(
+    kernel: &[usize],
+    strides: &[usize],
+    pads: &[usize],
+    dilations: &[usize],
+) -> Vec<AttributeProto> {
+    vec![
+        ints("kernel_shape", kernel),
+        ints("strides", strides),
+        ints("pads", pads),
+        ints("dilations", dilations),
+    ]
+}
+
 fn int(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
@@ -301,13 +316,8 @@ impl Builder {
                 let w = self.weight(prefix, weight)?;
                 let b = self.bias(prefix, bias);
                 let kernel = &weight.shape[2..];
-                let attributes = vec![
-                    ints("kernel_shape", kernel),
-                    ints("strides", strides),
-                    ints("pads", pads),
-                    ints("dilations", dilations),
-                    int("group", *groups as i64),
-                ];
+                let mut attributes = window_attributes(kernel, strides, pads, dilations);
+                attributes.push(int("group", *groups as i64));
                 let inputs = [inputs, vec![w, b]].concat();
                 self.node("Conv", prefix, inputs, attributes, None)
             }
@@ -325,13 +335,8 @@ impl Builder {
                 dilations,
                 ceil_mode,
             } => {
-                let attributes = vec![
-                    ints("kernel_shape", kernel),
-                    ints("strides", strides),
-                    ints("pads", pads),
-                    ints("dilations", dilations),
-                    int("ceil_mode", *ceil_mode as i64),
-                ];
+                let mut attributes = window_attributes(kernel, strides, pads, dilations);
+                attributes.push(int("ceil_mode", *ceil_mode as i64));
                 self.node("MaxPool", prefix, inputs, attributes, None)
             }
             ExportOp::AvgPool {

@@ -4,7 +4,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use super::graph::{ExportGraph, ExportNode, ExportOp};
@@ -107,7 +107,7 @@ pub fn trace<M: Module, const DI: usize, const DO: usize>(
     input_shape: [usize; DI],
     forward: impl FnOnce(&M, QTensor<DI>) -> QTensor<DO>,
 ) -> Result<ExportGraph, QuantError> {
-    check_frozen(model)?;
+    crate::freeze::check_calibrated(model, true)?;
     let device: Device = model
         .devices()
         .into_iter()
@@ -167,45 +167,4 @@ pub fn trace<M: Module, const DI: usize, const DO: usize>(
         output: traced.node,
         output_shape,
     })
-}
-
-/// Fails unless every observer of `model` is calibrated and has stopped observing.
-fn check_frozen<M: Module>(model: &M) -> Result<(), QuantError> {
-    crate::freeze::check_calibrated(model)?;
-    let mut check = Observing::default();
-    model.visit(&mut check);
-    match check.observing {
-        Some(path) => Err(QuantError::Unexportable {
-            layer: path,
-            reason: "the observer is still observing: freeze the model (burn_quant::freeze)".into(),
-        }),
-        None => Ok(()),
-    }
-}
-
-#[derive(Default)]
-struct Observing {
-    path: Vec<String>,
-    observing: Option<String>,
-}
-
-impl ModuleVisitor for Observing {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_flag(&mut self, flag: &Param<burn::module::Flag>) {
-        let is_observer_flag = self.path.last().is_some_and(|name| name == "observing");
-        if self.observing.is_none() && is_observer_flag && flag.val().is_enabled() {
-            let observer = &self.path[..self.path.len() - 1];
-            self.observing = Some(match observer.is_empty() {
-                true => "<root>".into(),
-                false => observer.join("."),
-            });
-        }
-    }
 }
