@@ -177,8 +177,9 @@ pub fn qat<M: MnistModel>(
     Ok((qnet, result))
 }
 
-/// `net` quantized at `bits` with observers calibrated on `config.calib_batches` batches.
-fn calibrated<M: MnistModel>(
+/// `net` quantized at `bits` with observers calibrated on `config.calib_batches` batches
+/// (still observing: [`freeze`] it).
+pub fn calibrated<M: MnistModel>(
     net: &M,
     bits: u32,
     train_set: &Dataset,

@@ -4,9 +4,9 @@
 //! which `.ci/run` installs with pip; `BURN_QUANT_PYTHON` names the interpreter, default
 //! `python3`). onnxruntime's logits are compared with the fake-quantized model's.
 //!
-//! The float models train briefly (their accuracy is not what is tested): on flex on 6,400
-//! images for one epoch and all 10,000 test images are compared; on the other backends (slower
-//! in CI) on 1,600 images and 1,000 test images (`BURN_QUANT_TEST_SCALE` overrides).
+//! The float models train briefly (their accuracy is not what is tested): one epoch, on flex on
+//! 3,200 images, and all 10,000 test images are compared; on the other backends (slower in CI,
+//! lavapipe for wgpu) on 640 images, and 500 test images (`BURN_QUANT_TEST_SCALE` overrides).
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;
@@ -16,9 +16,9 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use burn::tensor::Tensor;
-use burn_quant::RangeEstimator;
 use burn_quant::backend::{BackendKind, default_backend};
 use burn_quant::nn::Mode;
+use burn_quant::{RangeEstimator, freeze};
 use burn_quant_mnist::Dataset;
 use burn_quant_mnist::data::Mnist;
 use burn_quant_mnist::experiment::{self, PipelineConfig};
@@ -41,11 +41,7 @@ fn data() -> &'static Data {
             Ok("reduced") => false,
             _ => matches!(default_backend(), Ok(BackendKind::Flex)),
         };
-        let (train, test) = if full {
-            (6_400, 10_000)
-        } else {
-            (1_600, 1_000)
-        };
+        let (train, test) = if full { (3_200, 10_000) } else { (640, 500) };
         let mnist = Mnist::load(None).expect("set BURN_QUANT_MNIST_DIR to the MNIST directory");
         let device = device();
         let train = Dataset::from_mnist(&mnist.train.take(train), &device);
@@ -173,11 +169,10 @@ fn assert_agrees(name: &str, comparison: &Comparison, fine_logits: bool) {
     );
 }
 
+/// `net` calibrated at `bits` and frozen (PTQ, without the pipeline's evaluation).
 fn ptq<M: MnistModel>(net: &M, bits: u32, config: &PipelineConfig) -> M {
-    let data = data();
-    let (qnet, _) =
-        experiment::ptq(net, bits, &data.train, &data.test, config, &mut |_| {}).expect("ptq");
-    qnet
+    let qnet = experiment::calibrated(net, bits, &data().train, config, &mut |_| {});
+    freeze(qnet.expect("calibration")).expect("freeze")
 }
 
 #[test]
