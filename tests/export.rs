@@ -249,3 +249,37 @@ fn models_that_cannot_be_exported_are_errors_that_name_the_cause() {
         Err(QuantError::Unexportable { .. })
     ));
 }
+
+#[test]
+fn weights_of_at_most_4_bits_are_stored_as_packed_int4_on_request() {
+    let qconfig = QConfig::reference(4)
+        .unwrap()
+        .with_weight(QScheme::symmetric_narrow(3).unwrap().per_channel(0));
+    let block = freeze(Block::calibrated(&qconfig)).unwrap();
+    let graph = trace(&block).unwrap();
+    let ExportOp::Conv { weight, .. } = &graph.nodes[2].op else {
+        panic!("node 2 is the stem convolution");
+    };
+    let config = OnnxConfig::new().with_int4_weights(true);
+    let bytes = export::onnx::to_bytes(&graph, &config).unwrap();
+    let model = proto::ModelProto::decode(bytes.as_slice()).unwrap();
+    assert_eq!(
+        model.opset_import[0].version,
+        Some(export::onnx::OPSET_INT4)
+    );
+    assert_eq!(model.ir_version, Some(export::onnx::IR_VERSION_INT4));
+    let initializers = &model.graph.as_ref().unwrap().initializer;
+    let stem = initializers
+        .iter()
+        .find(|t| t.name().ends_with("/weight") && t.dims == [4, 2, 3, 3])
+        .unwrap();
+    assert_eq!(stem.data_type(), proto::tensor_proto::DataType::Int4 as i32);
+    // 72 weights, two per byte, the first in the low nibble (sign-extended from 4 bits).
+    let raw = stem.raw_data();
+    assert_eq!(raw.len(), 36);
+    let unpacked: Vec<i32> = raw
+        .iter()
+        .flat_map(|&b| [((b << 4) as i8 >> 4) as i32, (b as i8 >> 4) as i32])
+        .collect();
+    assert_eq!(unpacked, weight.values);
+}

@@ -3,6 +3,7 @@
 //! Every activation grid becomes `QuantizeLinear → DequantizeLinear`, with a `Clip` to the
 //! b-bit range between them when the grid is narrower than its int8/uint8 container (the
 //! "QCDQ" form: onnxruntime has no 1–7-bit types). Weights are stored as int8/uint8 integers
+//! (int4/uint4 for at most 4 bits with [`OnnxConfig::int4_weights`], opset 21)
 //! with their `DequantizeLinear` (per axis for per-channel weights), biases as int32 with scale
 //! `Si·Sw[c]` and zero point 0, as the integer engine holds them. Layers map to standard ops:
 //! `Conv`, `MatMul` + `Add`, `Relu`, `MaxPool`, `AveragePool`/`GlobalAveragePool` (with the
@@ -48,6 +49,10 @@ use proto::{
 pub const OPSET: i64 = 13;
 /// The ONNX IR version written.
 pub const IR_VERSION: i64 = 8;
+/// The operator set with 4-bit integer types ([`OnnxConfig::int4_weights`]).
+pub const OPSET_INT4: i64 = 21;
+/// The IR version with 4-bit integer types.
+pub const IR_VERSION_INT4: i64 = 10;
 
 /// How an [`ExportGraph`] is written as ONNX.
 #[derive(Config, Debug)]
@@ -65,6 +70,10 @@ pub struct OnnxConfig {
     /// input is normalised).
     #[config(default = "String::new()")]
     pub doc: String,
+    /// Store weights of at most 4 bits as int4/uint4 (two per byte; opset 21, IR version 10)
+    /// instead of in an int8/uint8 container.
+    #[config(default = false)]
+    pub int4_weights: bool,
 }
 
 /// The ONNX model of `graph`, serialised.
@@ -90,7 +99,14 @@ pub fn save(
 
 /// The ONNX model of `graph`.
 pub fn to_model(graph: &ExportGraph, config: &OnnxConfig) -> Result<ModelProto, QuantError> {
-    let mut builder = Builder::default();
+    let mut builder = Builder {
+        int4_weights: config.int4_weights,
+        ..Builder::default()
+    };
+    let (opset, ir_version) = match config.int4_weights {
+        true => (OPSET_INT4, IR_VERSION_INT4),
+        false => (OPSET, IR_VERSION),
+    };
     let mut outputs: Vec<String> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
         let inputs: Vec<String> = node.inputs.iter().map(|&i| outputs[i].clone()).collect();
@@ -113,7 +129,7 @@ pub fn to_model(graph: &ExportGraph, config: &OnnxConfig) -> Result<ModelProto, 
     let input = value_info(&config.input_name, graph.input_shape());
     let output = value_info(&config.output_name, &graph.output_shape);
     let doc = format!(
-        "Exported by burn-quant {} (QDQ, opset {OPSET}). Input `{}`: float32 {}. Output `{}`: \
+        "Exported by burn-quant {} (QDQ, opset {opset}). Input `{}`: float32 {}. Output `{}`: \
          float32 {}. The first dimension is the batch (any size). {}",
         env!("CARGO_PKG_VERSION"),
         config.input_name,
@@ -123,10 +139,10 @@ pub fn to_model(graph: &ExportGraph, config: &OnnxConfig) -> Result<ModelProto, 
         config.doc
     );
     Ok(ModelProto {
-        ir_version: Some(IR_VERSION),
+        ir_version: Some(ir_version),
         opset_import: vec![OperatorSetIdProto {
             domain: Some(String::new()),
-            version: Some(OPSET),
+            version: Some(opset),
         }],
         producer_name: Some("burn-quant".into()),
         producer_version: Some(env!("CARGO_PKG_VERSION").into()),
@@ -195,8 +211,25 @@ fn full_range(data_type: DataType) -> (i32, i32) {
     }
 }
 
-/// Little-endian bytes of `values` as `data_type` (int8, uint8, int32, int64, float).
+/// The 4-bit integer type that holds `qmin..=qmax`, if one does.
+fn container4(qmin: i32, qmax: i32) -> Option<DataType> {
+    match (qmin, qmax) {
+        (0..=15, 0..=15) => Some(DataType::Uint4),
+        (-8..=7, -8..=7) => Some(DataType::Int4),
+        _ => None,
+    }
+}
+
+/// Little-endian bytes of `values` as `data_type` (int4/uint4 packed two per byte, the first
+/// in the low nibble; int8, uint8, int32, int64, float).
 fn raw<T: Copy + Into<f64>>(values: &[T], data_type: DataType) -> Vec<u8> {
+    if matches!(data_type, DataType::Int4 | DataType::Uint4) {
+        let nibble = |v: &T| ((*v).into() as i32 & 0xF) as u8;
+        return values
+            .chunks(2)
+            .map(|pair| nibble(&pair[0]) | pair.get(1).map_or(0, nibble) << 4)
+            .collect();
+    }
     values
         .iter()
         .flat_map(|&v| {
@@ -249,6 +282,7 @@ fn int(name: &str, value: i64) -> AttributeProto {
 struct Builder {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
+    int4_weights: bool,
 }
 
 impl Builder {
@@ -429,7 +463,10 @@ impl Builder {
 
     /// The integer weight and its DequantizeLinear (per axis for per-channel weights).
     fn weight(&mut self, prefix: &str, weight: &IntWeight) -> Result<String, String> {
-        let data_type = container(weight.qmin, weight.qmax)?;
+        let data_type = match container4(weight.qmin, weight.qmax) {
+            Some(int4) if self.int4_weights => int4,
+            _ => container(weight.qmin, weight.qmax)?,
+        };
         let w = self.constant(prefix, "weight", data_type, &weight.shape, &weight.values);
         let per_channel = weight.scale.len() > 1;
         let dims = if per_channel {

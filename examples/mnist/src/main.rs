@@ -19,7 +19,7 @@ use burn_quant::nn::QConfig;
 use burn_quant_mnist::Dataset;
 use burn_quant_mnist::data::Mnist;
 use burn_quant_mnist::experiment::{self, PipelineConfig};
-use burn_quant_mnist::models::{MnistModel, Net, NetBN, ResNet};
+use burn_quant_mnist::models::{MnistModel, Net, NetBN, ResNet, onnx_config};
 use burn_quant_mnist::protocol::{Method, WorkerMessage, parse_bits};
 use burn_quant_mnist::train::{LrSchedule, OptimizerKind, Progress, TrainConfig};
 use clap::Parser;
@@ -311,7 +311,8 @@ fn run<M: MnistModel>(args: &Args) {
             let secs = start.elapsed().as_secs_f64();
             if let Some(dir) = &args.export_onnx {
                 let path = dir.join(format!("{mode}-{bits}bit.onnx"));
-                qnet.save_onnx(&path).unwrap_or_else(|e| fail(e));
+                qnet.save_onnx(&path, &onnx_config())
+                    .unwrap_or_else(|e| fail(e));
                 eprintln!("exported {}", path.display());
             }
             println!(

@@ -17,12 +17,13 @@ use std::sync::OnceLock;
 
 use burn::tensor::Tensor;
 use burn_quant::backend::{BackendKind, default_backend};
+use burn_quant::export::onnx::OnnxConfig;
 use burn_quant::nn::Mode;
 use burn_quant::{RangeEstimator, freeze};
 use burn_quant_mnist::Dataset;
 use burn_quant_mnist::data::Mnist;
 use burn_quant_mnist::experiment::{self, PipelineConfig};
-use burn_quant_mnist::models::{MnistModel, Net, NetBN, ResNet};
+use burn_quant_mnist::models::{MnistModel, Net, NetBN, ResNet, onnx_config};
 use burn_quant_mnist::train::TrainConfig;
 use common::{device, to_vec};
 
@@ -96,9 +97,14 @@ struct Comparison {
 
 /// Exports the frozen `model` as `name.onnx` and runs it in onnxruntime on the test images.
 fn run_in_onnxruntime<M: MnistModel>(name: &str, model: &M) -> Comparison {
+    run_exported(name, model, &onnx_config())
+}
+
+/// [`run_in_onnxruntime`] with the export settings `config`.
+fn run_exported<M: MnistModel>(name: &str, model: &M, config: &OnnxConfig) -> Comparison {
     let data = data();
     let path = data.dir.join(format!("{name}.onnx"));
-    model.save_onnx(&path).expect("export");
+    model.save_onnx(&path, config).expect("export");
     let graph = model.export_graph().expect("trace");
     let steps = graph.output_step().expect("the output lies on a grid");
     let mut logits = Vec::new();
@@ -200,6 +206,10 @@ fn net_at_2_4_and_8_bits_runs_in_onnxruntime_as_in_burn_quant() {
             false,
         );
     }
+    // Ternary weights stored as int4 (opset 21).
+    let int4 = onnx_config().with_int4_weights(true);
+    let name = "net-lsq-ptq-2bit-int4";
+    assert_agrees(name, &run_exported(name, &ptq(&net, 2, &lsq), &int4), false);
 }
 
 #[test]

@@ -18,6 +18,15 @@ pub use net::Net;
 pub use net_bn::NetBN;
 pub use res_net::ResNet;
 
+/// The ONNX settings of the MNIST models: input `image`, output `logits`, and in the model's
+/// documentation how the input is normalised.
+pub fn onnx_config() -> OnnxConfig {
+    OnnxConfig::new()
+        .with_input_name("image".into())
+        .with_output_name("logits".into())
+        .with_doc(ONNX_INPUT_DOC.into())
+}
+
 /// How the exported ONNX models take their input (the pipeline's normalisation).
 pub const ONNX_INPUT_DOC: &str = "Input: MNIST images as float32 [batch, 1, 28, 28], pixel \
     values p in 0..=255 normalised as (p / 255 - 0.1307) / 0.3081. Output: logits [batch, 10].";
@@ -47,13 +56,9 @@ pub trait MnistModel: Module + Sized {
         export::trace(self, [1, 1, 28, 28], |m, x| m.forward(x))
     }
 
-    /// Writes the frozen model to `path` as ONNX (QDQ), input `image`, output `logits`.
-    fn save_onnx(&self, path: &Path) -> Result<(), QuantError> {
-        let config = OnnxConfig::new()
-            .with_input_name("image".into())
-            .with_output_name("logits".into())
-            .with_doc(ONNX_INPUT_DOC.into());
-        export::onnx::save(&self.export_graph()?, &config, path)
+    /// Writes the frozen model to `path` as ONNX (QDQ) with `config` (e.g. [`onnx_config`]).
+    fn save_onnx(&self, path: &Path, config: &OnnxConfig) -> Result<(), QuantError> {
+        export::onnx::save(&self.export_graph()?, config, path)
     }
 
     /// Real-valued logits of `x` computed in `mode`.
