@@ -104,6 +104,7 @@ fn a_traced_model_lists_its_layers_in_order_with_their_integer_form() {
             "quantize", "max_pool", "avg_pool", "reshape", "matmul", "quantize",
         ]
     );
+    graph.check().unwrap();
     assert_eq!(graph.output, graph.nodes.len() - 1);
     assert_eq!(graph.output_shape, [1, 3]);
     // The residual add reads the second convolution's ReLU and the first's.
@@ -242,6 +243,22 @@ fn models_that_cannot_be_exported_are_errors_that_name_the_cause() {
         m.forward(QTensor::new(x.dequantize(), Mode::Integer))
     });
     assert!(matches!(detached, Err(QuantError::Unexportable { layer, .. }) if layer == "output"));
+    // A hand-edited graph that an exporter cannot write: errors, not panics.
+    let graph = trace(&frozen).unwrap();
+    let mut broken = graph.clone();
+    broken.nodes[2].inputs = vec![5];
+    match export::onnx::to_bytes(&broken, &OnnxConfig::new()) {
+        Err(QuantError::Unexportable { layer, .. }) => assert!(layer.starts_with("QConv2d")),
+        other => panic!("expected a forward reference to be refused, got {other:?}"),
+    }
+    let mut broken = graph.clone();
+    if let ExportOp::Conv { weight, .. } = &mut broken.nodes[2].op {
+        weight.values.pop();
+    }
+    assert!(broken.check().is_err());
+    let mut broken = graph;
+    broken.output = broken.nodes.len();
+    assert!(export::onnx::to_bytes(&broken, &OnnxConfig::new()).is_err());
     // Observing switched back on after freezing.
     let observing = set_observing(frozen, true);
     assert!(matches!(

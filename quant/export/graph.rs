@@ -136,13 +136,84 @@ pub struct ExportGraph {
 }
 
 impl ExportGraph {
-    /// The shape of the input the model was traced with.
-    pub fn input_shape(&self) -> &[usize] {
-        match &self.nodes[0].op {
-            ExportOp::Input { shape } => shape,
-            op => unreachable!("node 0 of an export graph is the input, not {op:?}"),
+    /// The shape of the input the model was traced with (`None` when node 0 is not the input).
+    pub fn input_shape(&self) -> Option<&[usize]> {
+        match self.nodes.first().map(|node| &node.op) {
+            Some(ExportOp::Input { shape }) => Some(shape),
+            _ => None,
         }
     }
+
+    /// Checks what an exporter relies on (a graph from [`crate::export::trace`] passes): node 0
+    /// is the only input, every node reads earlier nodes (two for an add, one otherwise), the
+    /// output exists, and integer weights and biases have as many values and parameters as
+    /// their shapes say. The error names the offending node's layer.
+    pub fn check(&self) -> Result<(), crate::QuantError> {
+        let fail = |layer: &str, reason: String| {
+            Err(crate::QuantError::Unexportable {
+                layer: layer.into(),
+                reason,
+            })
+        };
+        if self.input_shape().is_none() {
+            return fail("graph", "node 0 must be the input".into());
+        }
+        if self.output >= self.nodes.len() {
+            return fail(
+                "graph",
+                format!("the output node {} does not exist", self.output),
+            );
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            let arity = match node.op {
+                ExportOp::Input { .. } if index == 0 => 0,
+                ExportOp::Input { .. } => return fail(&node.layer, "a second input".into()),
+                ExportOp::Add => 2,
+                _ => 1,
+            };
+            if node.inputs.len() != arity || node.inputs.iter().any(|&i| i >= index) {
+                let reason = format!("reads {:?}: needs {arity} earlier node(s)", node.inputs);
+                return fail(&node.layer, reason);
+            }
+            if let ExportOp::Conv { weight, bias, .. } | ExportOp::MatMul { weight, bias } =
+                &node.op
+                && let Err(reason) = check_parameters(weight, bias)
+            {
+                return fail(&node.layer, reason);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sizes of an integer weight and bias against the weight's shape.
+fn check_parameters(weight: &IntWeight, bias: &IntBias) -> Result<(), String> {
+    let count: usize = weight.shape.iter().product();
+    let channels = weight.shape.get(weight.axis).copied();
+    let parameters = weight.scale.len();
+    if weight.values.len() != count {
+        return Err(format!(
+            "{} weight values for the shape {:?}",
+            weight.values.len(),
+            weight.shape
+        ));
+    }
+    if weight.zero_point.len() != parameters || (parameters != 1 && Some(parameters) != channels) {
+        return Err(format!(
+            "{parameters} scales and {} zero points for {channels:?} channels",
+            weight.zero_point.len()
+        ));
+    }
+    if Some(bias.values.len()) != channels
+        || !(bias.scale.len() == 1 || bias.scale.len() == bias.values.len())
+    {
+        return Err(format!(
+            "{} bias values and {} bias scales for {channels:?} channels",
+            bias.values.len(),
+            bias.scale.len()
+        ));
+    }
+    Ok(())
 }
 
 impl ActivationGrid {

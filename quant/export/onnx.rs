@@ -78,7 +78,7 @@ pub struct OnnxConfig {
 
 /// The ONNX model of `graph`, serialised.
 ///
-/// Fails on a grid that does not fit an 8-bit container or has a non-positive scale.
+/// Fails on a graph that does not pass [`ExportGraph::check`], on a grid that does not fit an 8-bit container or has a non-positive scale.
 pub fn to_bytes(graph: &ExportGraph, config: &OnnxConfig) -> Result<Vec<u8>, QuantError> {
     Ok(to_model(graph, config)?.encode_to_vec())
 }
@@ -99,6 +99,8 @@ pub fn save(
 
 /// The ONNX model of `graph`.
 pub fn to_model(graph: &ExportGraph, config: &OnnxConfig) -> Result<ModelProto, QuantError> {
+    graph.check()?;
+    let input_shape = graph.input_shape().unwrap_or_default();
     let mut builder = Builder {
         int4_weights: config.int4_weights,
         ..Builder::default()
@@ -126,14 +128,14 @@ pub fn to_model(graph: &ExportGraph, config: &OnnxConfig) -> Result<ModelProto, 
         Vec::new(),
         Some(config.output_name.clone()),
     );
-    let input = value_info(&config.input_name, graph.input_shape());
+    let input = value_info(&config.input_name, input_shape);
     let output = value_info(&config.output_name, &graph.output_shape);
     let doc = format!(
         "Exported by burn-quant {} (QDQ, opset {opset}). Input `{}`: float32 {}. Output `{}`: \
          float32 {}. The first dimension is the batch (any size). {}",
         env!("CARGO_PKG_VERSION"),
         config.input_name,
-        shape_text(graph.input_shape()),
+        shape_text(input_shape),
         config.output_name,
         shape_text(&graph.output_shape),
         config.doc
