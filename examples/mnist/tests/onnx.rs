@@ -47,7 +47,9 @@ fn data() -> &'static Data {
         let device = device();
         let train = Dataset::from_mnist(&mnist.train.take(train), &device);
         let test = Dataset::from_mnist(&mnist.test.take(test), &device);
-        let dir = std::env::temp_dir().join(format!("burn-quant-onnx-{}", std::process::id()));
+        // Cargo's scratch folder for integration tests, one per backend, overwritten by each run.
+        let backend = default_backend().map_or("unknown", |b| b.name());
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("onnx-{backend}"));
         std::fs::create_dir_all(&dir).unwrap();
         let inputs = dir.join("inputs.f32");
         write_f32(&inputs, &to_vec(test.images.clone()));
