@@ -49,7 +49,11 @@ pub(crate) fn record(
     let mut previous: Vec<usize> = inputs.iter().flatten().map(|t| t.node).collect();
     if graph.failure.is_none() {
         let result = match previous.len() == inputs.len() {
-            true => ops().map_err(|e| e.to_string()),
+            true => ops().map_err(|e| match e {
+                // The layers' own reasons, without the "invalid setting" prefix.
+                QuantError::InvalidSetting(reason) => reason,
+                e => e.to_string(),
+            }),
             false => Err(
                 "an input does not come from the model's input through burn-quant \
                  layers (built with QTensor::new inside the forward?)"
