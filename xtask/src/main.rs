@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use burn_quant_mnist_protocol::MODELS;
 use methods::QuantMethod;
 use results::{LrSchedule, OptimizerKind, Results, SweepConfig};
 
@@ -216,10 +217,11 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Task::Sweep(args) => {
-            if !["net", "netbn", "resnet"].contains(&args.model.as_str()) {
+            if !MODELS.contains(&args.model.as_str()) {
                 bail!(
-                    "unknown model `{}` (available: net, netbn, resnet)",
-                    args.model
+                    "unknown model `{}` (available: {})",
+                    args.model,
+                    MODELS.join(", ")
                 );
             }
             if !["flex", "ndarray", "wgpu", "vulkan"].contains(&args.backend.as_str()) {

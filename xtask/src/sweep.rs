@@ -15,11 +15,6 @@ use burn_quant_mnist_protocol::WorkerMessage;
 
 use crate::results::{Mode, ModeResult, Results, SweepConfig, write_atomic};
 
-/// The name the worker gives the ONNX model of `mode` at `bits` (e.g. `qat-4bit.onnx`).
-pub fn onnx_file(bits: u32, mode: Mode) -> String {
-    format!("{}-{bits}bit.onnx", mode.name())
-}
-
 /// What to run.
 pub struct Sweep {
     /// Everything that changes the numbers.
@@ -60,7 +55,7 @@ impl Sweep {
         };
         self.prepare_checkpoint()?;
         let pending = results.pending(&self.bits, |bits, mode| {
-            self.export_onnx && !self.out.join(onnx_file(bits, mode)).exists()
+            self.export_onnx && !self.out.join(mode.onnx_file(bits)).exists()
         });
         let computes = !pending.is_empty();
         if !computes {

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// Every message line starts with this prefix; other lines are for people.
 pub const PREFIX: &str = "BURN_QUANT_MNIST ";
 
+/// The models the worker trains (`--model`).
+pub const MODELS: [&str; 3] = ["net", "netbn", "resnet"];
+
 /// Post-training quantization or quantization-aware training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,6 +36,11 @@ impl Method {
     /// Parses [`Method::name`].
     pub fn parse(name: &str) -> Option<Self> {
         Self::BOTH.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The file the worker exports this method's model at `bits` to (`qat-4bit.onnx`).
+    pub fn onnx_file(self, bits: u32) -> String {
+        format!("{}-{bits}bit.onnx", self.name())
     }
 }
 

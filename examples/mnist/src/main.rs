@@ -20,7 +20,7 @@ use burn_quant_mnist::Dataset;
 use burn_quant_mnist::data::Mnist;
 use burn_quant_mnist::experiment::{self, PipelineConfig};
 use burn_quant_mnist::models::{MnistModel, Net, NetBN, ResNet, onnx_config};
-use burn_quant_mnist::protocol::{Method, WorkerMessage, parse_bits};
+use burn_quant_mnist::protocol::{MODELS, Method, WorkerMessage, parse_bits};
 use burn_quant_mnist::train::{LrSchedule, OptimizerKind, Progress, TrainConfig};
 use clap::Parser;
 
@@ -116,7 +116,7 @@ struct Args {
     only: Option<String>,
     /// Model: `net` (the article's), `netbn` (with BatchNorm, folded when quantized) or
     /// `resnet` (a small residual network).
-    #[arg(long, default_value = "net", value_parser = ["net", "netbn", "resnet"])]
+    #[arg(long, default_value = "net", value_parser = MODELS)]
     model: String,
     /// Write each frozen PTQ/QAT model as ONNX (QDQ) into this directory, named by mode and
     /// bits (`ptq-4bit.onnx`, `qat-4bit.onnx`).
@@ -310,7 +310,7 @@ fn run<M: MnistModel>(args: &Args) {
             let (qnet, result) = result.unwrap_or_else(|e| fail(e));
             let secs = start.elapsed().as_secs_f64();
             if let Some(dir) = &args.export_onnx {
-                let path = dir.join(format!("{mode}-{bits}bit.onnx"));
+                let path = dir.join(method.onnx_file(bits));
                 qnet.save_onnx(&path, &onnx_config())
                     .unwrap_or_else(|e| fail(e));
                 eprintln!("exported {}", path.display());
