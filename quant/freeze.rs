@@ -22,23 +22,19 @@ use crate::{QuantError, set_observing};
 /// assert!(!freeze(observer).unwrap().is_observing());
 /// ```
 pub fn freeze<M: Module>(model: M) -> Result<M, QuantError> {
-    check_calibrated(&model, false)?;
+    observing_observer(&model)?;
     Ok(set_observing(model, false))
 }
 
-/// Fails with [`QuantError::UncalibratedObserver`] naming the first observer of `model` that
-/// never saw data; with `frozen`, also with [`QuantError::Unexportable`] naming the first
-/// observer still observing.
-pub(crate) fn check_calibrated<M: Module>(model: &M, frozen: bool) -> Result<(), QuantError> {
+/// The module path of the first observer of `model` still observing (`None`: all frozen);
+/// fails with [`QuantError::UncalibratedObserver`] naming the first observer that never saw
+/// data.
+pub(crate) fn observing_observer<M: Module>(model: &M) -> Result<Option<String>, QuantError> {
     let mut check = Observers::default();
     model.visit(&mut check);
-    match (check.uncalibrated, check.observing) {
-        (Some(path), _) => Err(QuantError::UncalibratedObserver { path }),
-        (None, Some(layer)) if frozen => Err(QuantError::Unexportable {
-            layer,
-            reason: "the observer is still observing: freeze the model (burn_quant::freeze)".into(),
-        }),
-        _ => Ok(()),
+    match check.uncalibrated {
+        Some(path) => Err(QuantError::UncalibratedObserver { path }),
+        None => Ok(check.observing),
     }
 }
 

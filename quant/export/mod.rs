@@ -9,4 +9,4 @@ mod trace;
 
 pub use graph::{ActivationGrid, ExportGraph, ExportNode, ExportOp, IntBias, IntWeight};
 pub use trace::trace;
-pub(crate) use trace::{Traced, record};
+pub(crate) use trace::{Traced, not_integer, record};

@@ -32,6 +32,12 @@ impl Recorder {
     }
 }
 
+/// The error of a layer reached by a traced tensor outside [`Mode::Integer`] (its `mode` was
+/// changed inside the forward): layers export their integer form.
+pub(crate) fn not_integer() -> QuantError {
+    QuantError::InvalidSetting("a model is exported from its integer form (Mode::Integer)".into())
+}
+
 /// Appends the steps of `layer` to the graph that `inputs` belong to and returns the trace of
 /// its output: `None` when no input is traced (an ordinary forward). `ops` runs only when
 /// tracing; its error (or an input that is not traced while another is) is recorded as the
@@ -111,7 +117,12 @@ pub fn trace<M: Module, const DI: usize, const DO: usize>(
     input_shape: [usize; DI],
     forward: impl FnOnce(&M, QTensor<DI>) -> QTensor<DO>,
 ) -> Result<ExportGraph, QuantError> {
-    crate::freeze::check_calibrated(model, true)?;
+    if let Some(layer) = crate::freeze::observing_observer(model)? {
+        return Err(QuantError::Unexportable {
+            layer,
+            reason: "the observer is still observing: freeze the model (burn_quant::freeze)".into(),
+        });
+    }
     let device: Device = model
         .devices()
         .into_iter()

@@ -5,7 +5,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::{Mode, QConfig, QTensor, QValue, Quantized};
 use crate::engine::Requantizer;
-use crate::export::{ActivationGrid, ExportOp, IntBias, IntWeight};
+use crate::export::{ActivationGrid, ExportOp, IntBias, IntWeight, not_integer};
 use crate::fake_quant::fake_quant_on_grid;
 use crate::{MinMaxObserver, QParams, QuantError, Ste, quantize};
 
@@ -183,9 +183,7 @@ impl LayerObservers {
             }
         };
         QTensor::layer_output(value, mode, &[x.trace.as_ref()], layer, || {
-            export(&input_grid.ok_or(QuantError::InvalidSetting(
-                "a model is exported from its integer form (Mode::Integer)".into(),
-            ))?)
+            export(&input_grid.ok_or_else(not_integer)?)
         })
     }
 

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 use super::layer_observers::host_scalar;
 use super::{Mode, QConfig, QTensor, QValue, Quantized};
 use crate::engine::IntAdd;
-use crate::export::{ActivationGrid, ExportOp};
+use crate::export::{ActivationGrid, ExportOp, not_integer};
 use crate::{MinMaxObserver, QParams, QuantError, dequantize, quantize};
 
 /// Configuration of a [`QAdd`].
@@ -78,9 +78,7 @@ impl QAdd {
         };
         let inputs = [traces[0].as_ref(), traces[1].as_ref()];
         QTensor::layer_output(value, mode, &inputs, "QAdd", || {
-            let grid = output_grid.ok_or(QuantError::InvalidSetting(
-                "a model is exported from its integer form (Mode::Integer)".into(),
-            ))?;
+            let grid = output_grid.ok_or_else(not_integer)?;
             Ok(vec![
                 ExportOp::Add,
                 ExportOp::Quantize(ActivationGrid::of(&grid)?),

@@ -41,18 +41,22 @@ impl QAvgPool2d {
     /// The one forward (the grid is kept).
     pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
         let mode = x.mode;
-        let grid = x.grid().cloned();
         let [_, _, h, w] = x.dims();
+        // The grid of integer values, which is what an export records.
+        let mut int_grid = None;
         let value = match x.value {
             QValue::Real(t) => QValue::Real(self.forward_float(t)),
-            QValue::Int { q, grid } => QValue::Int {
-                q: self.forward_int(q, &grid),
-                grid,
-            },
+            QValue::Int { q, grid } => {
+                int_grid = Some(grid.clone());
+                QValue::Int {
+                    q: self.forward_int(q, &grid),
+                    grid,
+                }
+            }
             fake => self.forward_fq(fake.into_quantized()).into(),
         };
         QTensor::layer_output(value, mode, &[x.trace.as_ref()], "QAvgPool2d", || {
-            let grid = grid.ok_or(QuantError::InvalidSetting(
+            let grid = int_grid.ok_or(QuantError::InvalidSetting(
                 "average pooling is exported on a quantized input".into(),
             ))?;
             Ok(vec![ExportOp::AvgPool {

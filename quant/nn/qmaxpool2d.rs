@@ -48,25 +48,28 @@ impl QMaxPool2d {
     pub fn forward(&self, x: QTensor<4>) -> QTensor<4> {
         let [_, _, h, w] = x.dims();
         let pool = &self.pool;
-        let geometry = ConvGeometry {
-            kernel_size: pool.kernel_size,
-            stride: pool.stride,
-            dilation: pool.dilation,
-            padding: pool.padding.clone(),
-        };
-        let [(top, bottom), (left, right)] = geometry.padding_pairs(h, w);
-        let op = ExportOp::MaxPool {
-            kernel: pool.kernel_size,
-            strides: pool.stride,
-            pads: [top, left, bottom, right],
-            dilations: pool.dilation,
-            ceil_mode: pool.ceil_mode,
+        // Built only while a model is exported.
+        let export = || {
+            let geometry = ConvGeometry {
+                kernel_size: pool.kernel_size,
+                stride: pool.stride,
+                dilation: pool.dilation,
+                padding: pool.padding.clone(),
+            };
+            let [(top, bottom), (left, right)] = geometry.padding_pairs(h, w);
+            Ok(vec![ExportOp::MaxPool {
+                kernel: pool.kernel_size,
+                strides: pool.stride,
+                pads: [top, left, bottom, right],
+                dilations: pool.dilation,
+                ceil_mode: pool.ceil_mode,
+            }])
         };
         x.map_exported(
             "QMaxPool2d",
             |t| pool.forward(t),
             |q, _| self.forward_int(q),
-            || Ok(vec![op]),
+            export,
         )
     }
 

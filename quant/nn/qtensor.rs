@@ -195,16 +195,19 @@ impl<const D: usize> QTensor<D> {
     pub fn flatten<const D2: usize>(self, start: usize, end: usize) -> QTensor<D2> {
         let dims = self.dims();
         // Exported: dimensions before `start` kept (0), the flattened one inferred (-1).
-        let shape = (0..start)
-            .map(|_| 0)
-            .chain([-1])
-            .chain(dims[end + 1..].iter().map(|&d| d as i64))
-            .collect();
+        let export = || {
+            let shape = (0..start)
+                .map(|_| 0)
+                .chain([-1])
+                .chain(dims[end + 1..].iter().map(|&d| d as i64))
+                .collect();
+            Ok(vec![ExportOp::Reshape { shape }])
+        };
         self.map_exported(
             "QTensor::flatten",
             |t| t.flatten(start, end),
             |q, _| q.flatten(start, end),
-            || Ok(vec![ExportOp::Reshape { shape }]),
+            export,
         )
     }
 
@@ -212,16 +215,19 @@ impl<const D: usize> QTensor<D> {
     /// when it equals the input's first dimension.
     pub fn reshape<const D2: usize>(self, shape: [usize; D2]) -> QTensor<D2> {
         let batch = self.dims()[0];
-        let exported = shape
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| if i == 0 && d == batch { 0 } else { d as i64 })
-            .collect();
+        let export = || {
+            let exported = shape
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| if i == 0 && d == batch { 0 } else { d as i64 })
+                .collect();
+            Ok(vec![ExportOp::Reshape { shape: exported }])
+        };
         self.map_exported(
             "QTensor::reshape",
             |t| t.reshape(shape),
             |q, _| q.reshape(shape),
-            || Ok(vec![ExportOp::Reshape { shape: exported }]),
+            export,
         )
     }
 }
