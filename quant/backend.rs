@@ -106,6 +106,13 @@ pub fn default_device() -> Result<Device, QuantError> {
     default_backend().map(BackendKind::device)
 }
 
+/// Whether `device` is a CPU backend's, where reading a tensor into host memory is cheap.
+pub(crate) fn is_host_device(device: &Device) -> bool {
+    [BackendKind::Flex, BackendKind::NdArray]
+        .into_iter()
+        .any(|kind| kind.is_enabled() && kind.device() == *device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

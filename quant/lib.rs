@@ -9,10 +9,12 @@ mod fake_quant;
 mod freeze;
 pub mod nn;
 mod observer;
+pub mod ops;
 mod qparams;
 mod range;
 mod scheme;
 mod simd;
+mod windows;
 
 pub use backend::default_device;
 pub use error::QuantError;

@@ -3,9 +3,10 @@
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Int, Slice, Tensor};
 
-use super::host_conv::{conv_requantize, is_host_device};
+use super::host_conv::conv_requantize;
 use super::{ConvGeometry, Requantizer};
 use crate::QParams;
+use crate::backend::is_host_device;
 
 /// A frozen convolution on the integer grid: any stride, padding, dilation and groups.
 ///

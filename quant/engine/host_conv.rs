@@ -2,19 +2,12 @@
 //! already live in host memory): one pass over the input per output plane and kernel tap, i32
 //! accumulators, no im2col copy, any stride, padding and dilation, both cores.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::{ConvGeometry, IntConv2d};
-use crate::backend::BackendKind;
 use crate::simd::with_avx2;
-
-/// Whether `device` is a CPU backend's, where reading a tensor into host memory is cheap.
-pub(crate) fn is_host_device(device: &Device) -> bool {
-    [BackendKind::Flex, BackendKind::NdArray]
-        .into_iter()
-        .any(|kind| kind.is_enabled() && kind.device() == *device)
-}
+use crate::windows::Windows;
 
 /// The values of `t` as i32 in host memory.
 pub(crate) fn host_i32<const D: usize>(t: Tensor<D, Int>) -> Vec<i32> {
@@ -69,16 +62,6 @@ pub(crate) fn conv_requantize(conv: &IntConv2d, q: Tensor<4, Int>) -> Tensor<4, 
     Tensor::from_data(TensorData::new(y, [n, out, ho, wo]), &device)
 }
 
-/// Which input pixel each output pixel reads for each kernel tap.
-struct Windows {
-    input: [usize; 2],
-    output: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    /// Padding before the first row and column.
-    before: [usize; 2],
-}
-
 impl Windows {
     fn new(geometry: &ConvGeometry, input: [usize; 2], output: [usize; 2]) -> Self {
         let pads = geometry.padding_pairs(input[0], input[1]);
@@ -91,41 +74,15 @@ impl Windows {
         }
     }
 
-    /// The output indices `o` along dimension `d` whose input index
-    /// `o·stride + tap·dilation − before` lies inside the input, and the input index of the
-    /// first one.
-    fn valid(&self, d: usize, tap: usize) -> (std::ops::Range<usize>, usize) {
-        let offset = tap * self.dilation[d];
-        let s = self.stride[d];
-        // First o with o·s + offset >= before.
-        let first = self.before[d].saturating_sub(offset).div_ceil(s);
-        // Last o with o·s + offset - before <= input - 1.
-        let limit = self.input[d] + self.before[d];
-        let end = if limit > offset {
-            ((limit - offset - 1) / s + 1).min(self.output[d])
-        } else {
-            0
-        };
-        let first = first.min(end);
-        (
-            first..end,
-            first * s + offset - self.before[d].min(first * s + offset),
-        )
-    }
-
     /// `plane += wv · input` over the outputs that tap `(i, j)` reads inside the input.
     #[inline(always)]
     fn accumulate_tap(&self, plane: &mut [i32], input: &[i32], wv: i32, i: usize, j: usize) {
-        let (rows, first_row) = self.valid(0, i);
-        let (cols, first_col) = self.valid(1, j);
-        let (w, wo) = (self.input[1], self.output[1]);
-        let [sh, sw] = self.stride;
-        let count = cols.len();
-        for (k, oh) in rows.enumerate() {
-            let src = &input[(first_row + k * sh) * w..][..w];
-            let dst = &mut plane[oh * wo + cols.start..][..count];
+        let (w, wo, sw) = (self.input[1], self.output[1], self.stride[1]);
+        self.for_each_row(i, j, |oh, row, cols, first_col| {
+            let src = &input[row * w..][..w];
+            let dst = &mut plane[oh * wo..][cols];
             if sw == 1 {
-                for (d, &s) in dst.iter_mut().zip(&src[first_col..first_col + count]) {
+                for (d, &s) in dst.iter_mut().zip(&src[first_col..]) {
                     *d += wv * s;
                 }
             } else {
@@ -133,6 +90,6 @@ impl Windows {
                     *d += wv * s;
                 }
             }
-        }
+        });
     }
 }

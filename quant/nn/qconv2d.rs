@@ -3,11 +3,12 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::{Device, Tensor, module::conv2d};
+use burn::tensor::{Device, Tensor};
 
 use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::engine::{ConvGeometry, IntConv2d};
 use crate::export::ExportOp;
+use crate::ops::conv2d;
 use crate::{QParams, QuantError};
 
 /// Configuration of a [`QConv2d`]: Burn's [`Conv2dConfig`] (any stride, padding, dilation,
@@ -152,7 +153,7 @@ impl QConv2d {
 
     /// Float forward.
     pub fn forward_float(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(x)
+        float_conv(&self.conv, x)
     }
 
     /// Fake-quantized forward: input (if observed here), weight and output are fake-quantized,
@@ -175,6 +176,18 @@ impl QConv2d {
             previous,
         )
     }
+}
+
+/// `conv`'s float forward (as [`Conv2d::forward`]) through [`crate::ops::conv2d`].
+pub(crate) fn float_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    let options = ConvGeometry::of(conv).options(conv.groups, h, w);
+    conv2d(
+        x,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+        options,
+    )
 }
 
 /// The fake-quantized output of `conv`'s geometry with `weight` and `bias`, for `x` on the

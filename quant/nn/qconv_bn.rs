@@ -6,7 +6,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::{Device, Tensor, activation::relu};
 
-use super::qconv2d::{check_conv_config, conv_output, export_conv};
+use super::qconv2d::{check_conv_config, conv_output, export_conv, float_conv};
 use super::{LayerObservers, QConfig, QTensor, QValue, Quantized};
 use crate::QParams;
 use crate::QuantError;
@@ -181,7 +181,7 @@ impl QConvBn {
 
     /// Float forward: convolution, BatchNorm (Burn's own, train or eval), ReLU.
     pub fn forward_float(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.bn.forward(self.conv.forward(x));
+        let y = self.bn.forward(float_conv(&self.conv, x));
         if self.relu { relu(y) } else { y }
     }
 
@@ -212,7 +212,7 @@ impl QConvBn {
     /// Batch mean and unbiased variance of an un-quantized convolution, detached; moves the
     /// running statistics.
     fn batch_statistics(&self, x: &Tensor<4>) -> (Tensor<1>, Tensor<1>) {
-        let y = self.conv.forward(x.clone().detach()).detach();
+        let y = float_conv(&self.conv, x.clone().detach()).detach();
         let channels = y.dims()[1];
         let rows: Tensor<2> = y.swap_dims(0, 1).reshape([channels as i32, -1]);
         let (var, mean) = rows.var_mean(1);

@@ -1,0 +1,439 @@
+//! Direct 2-D convolution on host memory (NCHW, f32): the forward pass and the three gradients,
+//! without im2col. Written for the small channel counts of quantized CNNs: every output (or
+//! input-gradient) plane is one task, and the innermost loop is an `axpy` or a dot product
+//! along an image row, which vectorizes for stride 1.
+
+use burn::tensor::ops::ConvOptions;
+use rayon::prelude::*;
+
+use crate::simd::with_avx2;
+use crate::windows::Windows;
+
+/// The sizes of one convolution: input `[n, c, h, w]`, weight `[o, c / groups, kh, kw]`,
+/// output `[n, o, oh, ow]`, with Burn's options (stride, `(begin, end)` padding, dilation,
+/// groups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConvDims {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub groups: usize,
+    /// Input and output plane sizes, stride, dilation, padding before.
+    pub windows: Windows,
+}
+
+impl ConvDims {
+    /// The sizes of `conv2d(x, weight, options)`; `None` when the shapes do not make a
+    /// convolution (the caller then falls back to Burn's op, which reports the error).
+    pub fn new(x: [usize; 4], weight: [usize; 4], options: &ConvOptions<2>) -> Option<Self> {
+        let [batch, in_channels, h, w] = x;
+        let [out_channels, depth, kh, kw] = weight;
+        let groups = options.groups;
+        if groups == 0
+            || in_channels != depth * groups
+            || out_channels % groups != 0
+            || kh == 0
+            || kw == 0
+        {
+            return None;
+        }
+        let size = |d: usize, n: usize, k: usize| {
+            let (begin, end) = options.padding[d];
+            let padded = n + begin + end;
+            let span = options.dilation[d] * (k - 1) + 1;
+            (padded >= span && options.stride[d] > 0)
+                .then(|| (padded - span) / options.stride[d] + 1)
+        };
+        Some(Self {
+            batch,
+            in_channels,
+            out_channels,
+            kernel: [kh, kw],
+            groups,
+            windows: Windows {
+                input: [h, w],
+                output: [size(0, h, kh)?, size(1, w, kw)?],
+                stride: options.stride,
+                dilation: options.dilation,
+                before: [options.padding[0].0, options.padding[1].0],
+            },
+        })
+    }
+
+    fn in_plane(&self) -> usize {
+        self.windows.input.iter().product()
+    }
+
+    fn out_plane(&self) -> usize {
+        self.windows.output.iter().product()
+    }
+
+    /// Input channels per group (the weight's depth).
+    fn depth(&self) -> usize {
+        self.in_channels / self.groups
+    }
+
+    fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
+    }
+
+    /// Number of elements of the output.
+    pub fn out_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_plane()
+    }
+
+    /// Number of elements of the weight.
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * self.depth() * self.taps()
+    }
+
+    /// The patch matrix of image `n`, group `group`: row `(ci, i, j)` holds, for every output
+    /// pixel, the input pixel that tap `(i, j)` of channel `ci` reads (0 in the padding).
+    #[inline(always)]
+    fn im2col(&self, x: &[f32], n: usize, group: usize, patches: &mut [f32]) {
+        let (plane, in_plane, depth) = (self.out_plane(), self.in_plane(), self.depth());
+        let ([_, iw], [_, ow], sw) = (
+            self.windows.input,
+            self.windows.output,
+            self.windows.stride[1],
+        );
+        if self.padded() {
+            patches.fill(0.0);
+        }
+        for ci in 0..depth {
+            let c = n * self.in_channels + group * depth + ci;
+            let xin = &x[c * in_plane..(c + 1) * in_plane];
+            for i in 0..self.kernel[0] {
+                for j in 0..self.kernel[1] {
+                    let row = (ci * self.kernel[0] + i) * self.kernel[1] + j;
+                    let dst = &mut patches[row * plane..(row + 1) * plane];
+                    self.windows.for_each_row(i, j, |oy, iy, cols, ix| {
+                        let out = &mut dst[oy * ow..][cols];
+                        let src = &xin[iy * iw + ix..];
+                        if sw == 1 {
+                            out.copy_from_slice(&src[..out.len()]);
+                        } else {
+                            out.iter_mut()
+                                .zip(src.iter().step_by(sw))
+                                .for_each(|(o, &v)| *o = v);
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Adds the patch gradients of group `group` of one image onto its input gradient `gx`
+    /// (`[in_channels, h, w]`): the transpose of [`Self::im2col`].
+    #[inline(always)]
+    fn col2im_add(&self, patches: &[f32], group: usize, gx: &mut [f32]) {
+        let (plane, in_plane, depth) = (self.out_plane(), self.in_plane(), self.depth());
+        let ([_, iw], [_, ow], sw) = (
+            self.windows.input,
+            self.windows.output,
+            self.windows.stride[1],
+        );
+        for ci in 0..depth {
+            let c = group * depth + ci;
+            let gin = &mut gx[c * in_plane..(c + 1) * in_plane];
+            for i in 0..self.kernel[0] {
+                for j in 0..self.kernel[1] {
+                    let row = (ci * self.kernel[0] + i) * self.kernel[1] + j;
+                    let src = &patches[row * plane..(row + 1) * plane];
+                    self.windows.for_each_row(i, j, |oy, iy, cols, ix| {
+                        let from = &src[oy * ow..][cols];
+                        let to = &mut gin[iy * iw + ix..];
+                        if sw == 1 {
+                            to.iter_mut().zip(from).for_each(|(t, &f)| *t += f);
+                        } else {
+                            to.iter_mut()
+                                .step_by(sw)
+                                .zip(from)
+                                .for_each(|(t, &f)| *t += f);
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether some taps read the padding (the patch matrix then has zeros to keep).
+    fn padded(&self) -> bool {
+        let w = &self.windows;
+        (0..2).any(|d| {
+            let span = w.dilation[d] * (self.kernel[d] - 1) + 1;
+            w.before[d] > 0 || (w.output[d] - 1) * w.stride[d] + span > w.input[d]
+        })
+    }
+
+    /// Number of elements of the input.
+    pub fn in_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_plane()
+    }
+}
+
+/// `y = conv2d(x, weight) + bias`.
+pub(crate) fn forward(dims: &ConvDims, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
+    let (plane, k) = (dims.out_plane(), dims.depth() * dims.taps());
+    let per_group = dims.out_channels / dims.groups;
+    let mut out = vec![0f32; dims.out_len()];
+    out.par_chunks_mut(dims.out_channels * plane)
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; k * plane],
+            |patches, (n, y)| {
+                with_avx2(|| {
+                    for group in 0..dims.groups {
+                        dims.im2col(x, n, group, patches);
+                        for o in group * per_group..(group + 1) * per_group {
+                            let yo = &mut y[o * plane..(o + 1) * plane];
+                            yo.fill(bias[o]);
+                            let w = &weight[o * k..(o + 1) * k];
+                            for (&wv, row) in w.iter().zip(patches.chunks_exact(plane)) {
+                                axpy(wv, row, yo);
+                            }
+                        }
+                    }
+                })
+            },
+        );
+    out
+}
+
+/// `dL/dx` from `dL/dy` (the transposed convolution): per image and group, the patch
+/// gradients `weightᵀ · dL/dy`, added back onto the input pixels they were read from.
+pub(crate) fn input_grad(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f32> {
+    let (plane, k) = (dims.out_plane(), dims.depth() * dims.taps());
+    let per_group = dims.out_channels / dims.groups;
+    let mut out = vec![0f32; dims.in_len()];
+    out.par_chunks_mut(dims.in_channels * dims.in_plane())
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; k * plane],
+            |patches, (n, gx)| {
+                with_avx2(|| {
+                    for group in 0..dims.groups {
+                        patches.fill(0.0);
+                        for o in group * per_group..(group + 1) * per_group {
+                            let start = (n * dims.out_channels + o) * plane;
+                            let gy = &grad[start..start + plane];
+                            let w = &weight[o * k..(o + 1) * k];
+                            for (&wv, row) in w.iter().zip(patches.chunks_exact_mut(plane)) {
+                                axpy(wv, gy, row);
+                            }
+                        }
+                        dims.col2im_add(patches, group, gx);
+                    }
+                })
+            },
+        );
+    out
+}
+
+/// `dL/dweight` from `x` and `dL/dy`: per image, dot products of the output gradient planes
+/// with the patch rows, summed over the batch.
+pub(crate) fn weight_grad(dims: &ConvDims, x: &[f32], grad: &[f32]) -> Vec<f32> {
+    let (plane, k) = (dims.out_plane(), dims.depth() * dims.taps());
+    let per_group = dims.out_channels / dims.groups;
+    let sums = (0..dims.batch)
+        .into_par_iter()
+        .fold(
+            || (vec![0f32; k * plane], vec![0f64; dims.weight_len()]),
+            |(mut patches, mut sums), n| {
+                with_avx2(|| {
+                    for group in 0..dims.groups {
+                        dims.im2col(x, n, group, &mut patches);
+                        for o in group * per_group..(group + 1) * per_group {
+                            let start = (n * dims.out_channels + o) * plane;
+                            let gy = &grad[start..start + plane];
+                            let gw = &mut sums[o * k..(o + 1) * k];
+                            for (g, row) in gw.iter_mut().zip(patches.chunks_exact(plane)) {
+                                *g += dot(gy, row) as f64;
+                            }
+                        }
+                    }
+                });
+                (patches, sums)
+            },
+        )
+        .map(|(_, sums)| sums)
+        .reduce(
+            || vec![0f64; dims.weight_len()],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    sums.into_iter().map(|s| s as f32).collect()
+}
+
+/// `dL/dbias` for `dL/dy` of shape `[batch, channels, plane]`: the sum over the batch and the
+/// plane, per channel.
+pub(crate) fn bias_grad(grad: &[f32], [batch, channels, plane]: [usize; 3]) -> Vec<f32> {
+    (0..channels)
+        .into_par_iter()
+        .map(|o| {
+            (0..batch)
+                .map(|n| {
+                    let start = (n * channels + o) * plane;
+                    with_avx2(|| sum(&grad[start..start + plane])) as f64
+                })
+                .sum::<f64>() as f32
+        })
+        .collect()
+}
+
+/// `y[i] += a · x[i]`.
+#[inline(always)]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+}
+
+/// Lanes of the partial sums in [`dot`] and [`sum`] (one AVX register).
+const LANES: usize = 8;
+
+/// `Σ a[i] · b[i]`, with [`LANES`] partial sums so that it vectorizes.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let b = &b[..a.len()];
+    let mut acc = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            acc[lane] += a[lane] * b[lane];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ a[i]` with [`LANES`] partial sums.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for a in chunks {
+        for lane in 0..LANES {
+            acc[lane] += a[lane];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution's definition, one tap at a time: `y`, and `dL/dx`, `dL/dw` for `dL/dy`
+    /// = `gy`.
+    fn naive(dims: &ConvDims, x: &[f32], w: &[f32], gy: &[f32]) -> [Vec<f32>; 3] {
+        let (mut y, mut gx, mut gw) = (
+            vec![0f32; dims.out_len()],
+            vec![0f32; dims.in_len()],
+            vec![0f32; dims.weight_len()],
+        );
+        let depth = dims.depth();
+        let per_group = dims.out_channels / dims.groups;
+        let ([oh, ow], [h, iw], [kh, kw]) = (dims.windows.output, dims.windows.input, dims.kernel);
+        let (stride, dilation, before) = (
+            dims.windows.stride,
+            dims.windows.dilation,
+            dims.windows.before,
+        );
+        for n in 0..dims.batch {
+            for o in 0..dims.out_channels {
+                for (oy, ox) in (0..oh).flat_map(|oy| (0..ow).map(move |ox| (oy, ox))) {
+                    let yi = ((n * dims.out_channels + o) * oh + oy) * ow + ox;
+                    for ci in 0..depth {
+                        let c = o / per_group * depth + ci;
+                        for (ky, kx) in (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky, kx))) {
+                            let iy =
+                                (oy * stride[0] + ky * dilation[0]) as isize - before[0] as isize;
+                            let ix =
+                                (ox * stride[1] + kx * dilation[1]) as isize - before[1] as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= iw as isize {
+                                continue;
+                            }
+                            let xi =
+                                ((n * dims.in_channels + c) * h + iy as usize) * iw + ix as usize;
+                            let wi = ((o * depth + ci) * kh + ky) * kw + kx;
+                            y[yi] += x[xi] * w[wi];
+                            gx[xi] += gy[yi] * w[wi];
+                            gw[wi] += gy[yi] * x[xi];
+                        }
+                    }
+                }
+            }
+        }
+        [y, gx, gw]
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000) as f32 / 500.0
+                    - 1.0
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (i, (a, b)) in a.iter().zip(b).enumerate() {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{i}: {a} vs {b}");
+        }
+    }
+
+    /// Geometries: plain, strided + padded (asymmetric), dilated, grouped.
+    fn cases() -> Vec<ConvDims> {
+        let options = [
+            ConvOptions::new_with_padding([1, 1], [(0, 0), (0, 0)], [1, 1], 1),
+            ConvOptions::new_with_padding([2, 3], [(1, 2), (2, 0)], [1, 1], 1),
+            ConvOptions::new_with_padding([1, 2], [(2, 2), (1, 1)], [2, 1], 2),
+            ConvOptions::new_with_padding([1, 1], [(1, 1), (1, 1)], [1, 1], 3),
+        ];
+        options
+            .iter()
+            .map(|o| ConvDims::new([2, 6, 7, 9], [6, 6 / o.groups, 3, 2], o).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn forward_and_gradients_match_the_definition() {
+        for dims in cases() {
+            let x = values(dims.in_len(), 1);
+            let w = values(dims.weight_len(), 2);
+            let gy = values(dims.out_len(), 3);
+            let b = values(dims.out_channels, 4);
+            let [y, gx, gw] = naive(&dims, &x, &w, &gy);
+            close(&forward(&dims, &x, &w, &vec![0.0; dims.out_channels]), &y);
+            let with_bias: Vec<f32> = y
+                .iter()
+                .enumerate()
+                .map(|(i, y)| y + b[i / dims.out_plane() % dims.out_channels])
+                .collect();
+            close(&forward(&dims, &x, &w, &b), &with_bias);
+            close(&input_grad(&dims, &gy, &w), &gx);
+            close(&weight_grad(&dims, &x, &gy), &gw);
+            let plane = dims.out_plane();
+            let gb: Vec<f32> = (0..dims.out_channels)
+                .map(|o| {
+                    (0..dims.batch)
+                        .flat_map(|n| {
+                            let start = (n * dims.out_channels + o) * plane;
+                            gy[start..start + plane].iter().copied()
+                        })
+                        .sum()
+                })
+                .collect();
+            close(&bias_grad(&gy, [dims.batch, dims.out_channels, plane]), &gb);
+        }
+    }
+}
