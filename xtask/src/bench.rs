@@ -119,7 +119,18 @@ pub fn summarize(times: &BTreeMap<String, f64>, backends: &[String]) -> Value {
             }),
         );
     }
-    json!({ "date": utc_now(), "backends": per_backend })
+    json!({ "date": utc_now(), "backends": per_backend, "torch_reference": torch_reference() })
+}
+
+/// What PyTorch takes on this project's 2-core CI kind of machine for the same epochs (the
+/// performance issue's side-by-side run), and how to measure it again.
+fn torch_reference() -> Value {
+    json!({
+        "float_epoch_s": 8.5,
+        "qat_epoch_s": 11.0,
+        "setup": "PyTorch 2.15, 2 threads, plain loop over tensors in memory, identity-STE fake-quant in Python, 2-core CI machine",
+        "reproduce": "python3 examples/mnist/benches/torch_reference.py --threads 2",
+    })
 }
 
 fn markdown(summary: &Value) -> String {

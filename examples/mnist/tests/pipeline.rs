@@ -193,7 +193,7 @@ fn qat_4_bits_reaches_97_percent() {
 }
 
 /// 2-bit LSQ QAT, the `lsq` method's schemes (ternary per-channel weights, integer logits, MSE
-/// calibration) on a CI budget: 200 steps (12,800 images, one epoch) at lr 0.01. The integer
+/// calibration) on a CI budget: 400 steps (25,600 images, one epoch) at lr 0.01. The integer
 /// engine agrees with the fake-quantized model, the steps moved, and on the full fixture the
 /// result reaches 95 % and beats PTQ with the same schemes.
 #[test]
@@ -212,7 +212,7 @@ fn lsq_qat_2_bits_reaches_95_percent_on_a_ci_budget() {
         activation_range: RangeEstimator::Mse,
         ..PipelineConfig::reference()
     };
-    let train = f.train.first(12_800);
+    let train = f.train.first(25_600);
     let (qnet, lsq) = experiment::qat(&f.net, 2, &train, &f.test, &config, &mut |_| {}).unwrap();
     assert!(lsq.agreement >= 0.999, "agreement {}", lsq.agreement);
     let learned = qnet.conv2.observers.weight.learned.as_ref().expect("LSQ");
