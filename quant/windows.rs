@@ -21,6 +21,7 @@ impl Windows {
     /// The output indices `o` along dimension `d` whose input index
     /// `o·stride + tap·dilation − before` lies inside the input, and the input index of the
     /// first one.
+    #[inline]
     pub fn valid(&self, d: usize, tap: usize) -> (Range<usize>, usize) {
         let offset = tap * self.dilation[d];
         let s = self.stride[d];
@@ -40,23 +41,38 @@ impl Windows {
         )
     }
 
-    /// Calls `f(output_row, input_row, output_columns, first_input_column)` for every output
-    /// row that kernel tap `(i, j)` reads inside the input: the output columns `output_columns`
-    /// read the input columns `first_input_column`, `+ stride`, ….
+    /// The output rows that kernel tap `(i, j)` reads inside the input, each with its input
+    /// row, and the output columns it reads there with the input column of the first one (the
+    /// next ones step by the column stride). No rows when no column is inside.
     #[inline(always)]
-    pub fn for_each_row(
-        &self,
-        i: usize,
-        j: usize,
-        mut f: impl FnMut(usize, usize, Range<usize>, usize),
-    ) {
+    pub fn tap(&self, i: usize, j: usize) -> (TapRows, Range<usize>, usize) {
         let (rows, first_row) = self.valid(0, i);
         let (cols, first_col) = self.valid(1, j);
-        if cols.is_empty() {
-            return;
-        }
-        for (k, oh) in rows.enumerate() {
-            f(oh, first_row + k * self.stride[0], cols.clone(), first_col);
-        }
+        let rows = if cols.is_empty() { 0..0 } else { rows };
+        let tap_rows = TapRows {
+            rows,
+            input_row: first_row,
+            stride: self.stride[0],
+        };
+        (tap_rows, cols, first_col)
+    }
+}
+
+/// `(output row, input row)` pairs of one kernel tap (see [`Windows::tap`]).
+pub(crate) struct TapRows {
+    rows: Range<usize>,
+    input_row: usize,
+    stride: usize,
+}
+
+impl Iterator for TapRows {
+    type Item = (usize, usize);
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let row = self.rows.next()?;
+        let input_row = self.input_row;
+        self.input_row += self.stride;
+        Some((row, input_row))
     }
 }

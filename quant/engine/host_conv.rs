@@ -77,12 +77,16 @@ impl Windows {
     /// `plane += wv · input` over the outputs that tap `(i, j)` reads inside the input.
     #[inline(always)]
     fn accumulate_tap(&self, plane: &mut [i32], input: &[i32], wv: i32, i: usize, j: usize) {
-        let (w, wo, sw) = (self.input[1], self.output[1], self.stride[1]);
-        self.for_each_row(i, j, |oh, row, cols, first_col| {
-            let src = &input[row * w..][..w];
-            let dst = &mut plane[oh * wo..][cols];
+        let (rows, first_row) = self.valid(0, i);
+        let (cols, first_col) = self.valid(1, j);
+        let (w, wo) = (self.input[1], self.output[1]);
+        let [sh, sw] = self.stride;
+        let count = cols.len();
+        for (k, oh) in rows.enumerate() {
+            let src = &input[(first_row + k * sh) * w..][..w];
+            let dst = &mut plane[oh * wo + cols.start..][..count];
             if sw == 1 {
-                for (d, &s) in dst.iter_mut().zip(&src[first_col..]) {
+                for (d, &s) in dst.iter_mut().zip(&src[first_col..first_col + count]) {
                     *d += wv * s;
                 }
             } else {
@@ -90,6 +94,6 @@ impl Windows {
                     *d += wv * s;
                 }
             }
-        });
+        }
     }
 }

@@ -108,8 +108,9 @@ impl ConvDims {
                 for j in 0..self.kernel[1] {
                     let row = (ci * self.kernel[0] + i) * self.kernel[1] + j;
                     let dst = &mut patches[row * plane..(row + 1) * plane];
-                    self.windows.for_each_row(i, j, |oy, iy, cols, ix| {
-                        let out = &mut dst[oy * ow..][cols];
+                    let (rows, cols, ix) = self.windows.tap(i, j);
+                    for (oy, iy) in rows {
+                        let out = &mut dst[oy * ow..][cols.clone()];
                         let src = &xin[iy * iw + ix..];
                         if sw == 1 {
                             out.copy_from_slice(&src[..out.len()]);
@@ -118,7 +119,7 @@ impl ConvDims {
                                 .zip(src.iter().step_by(sw))
                                 .for_each(|(o, &v)| *o = v);
                         }
-                    });
+                    }
                 }
             }
         }
@@ -141,8 +142,9 @@ impl ConvDims {
                 for j in 0..self.kernel[1] {
                     let row = (ci * self.kernel[0] + i) * self.kernel[1] + j;
                     let src = &patches[row * plane..(row + 1) * plane];
-                    self.windows.for_each_row(i, j, |oy, iy, cols, ix| {
-                        let from = &src[oy * ow..][cols];
+                    let (rows, cols, ix) = self.windows.tap(i, j);
+                    for (oy, iy) in rows {
+                        let from = &src[oy * ow..][cols.clone()];
                         let to = &mut gin[iy * iw + ix..];
                         if sw == 1 {
                             to.iter_mut().zip(from).for_each(|(t, &f)| *t += f);
@@ -152,7 +154,7 @@ impl ConvDims {
                                 .zip(from)
                                 .for_each(|(t, &f)| *t += f);
                         }
-                    });
+                    }
                 }
             }
         }
