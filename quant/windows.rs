@@ -4,6 +4,21 @@
 
 use std::ops::Range;
 
+/// Output positions along one dimension of a window of `kernel` taps spaced `dilation` apart,
+/// stepping by `stride` over `input` positions padded by `(begin, end)`; `None` when the
+/// dilated kernel does not fit into the padded input.
+pub(crate) fn output_extent(
+    input: usize,
+    (begin, end): (usize, usize),
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let padded = input + begin + end;
+    let span = dilation * kernel.checked_sub(1)? + 1;
+    (padded >= span && stride > 0).then(|| (padded - span) / stride + 1)
+}
+
 /// Sizes and steps of a 2-D sliding window over one plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Windows {

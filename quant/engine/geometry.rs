@@ -5,6 +5,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 
+use crate::windows::output_extent;
+
 /// Kernel size, stride, padding and dilation of a convolution (the groups are in the weight's
 /// shape). Padding follows Burn's [`Conv2d`]: `Same` is computed from the input size and may be
 /// asymmetric (the extra row or column at the end).
@@ -59,9 +61,13 @@ impl ConvGeometry {
     pub fn output_size(&self, h: usize, w: usize) -> Option<[usize; 2]> {
         let pads = self.padding_pairs(h, w);
         let size = |d: usize, n: usize| {
-            let padded = n + pads[d].0 + pads[d].1;
-            let span = self.dilation[d] * (self.kernel_size[d] - 1) + 1;
-            (padded >= span).then(|| (padded - span) / self.stride[d] + 1)
+            output_extent(
+                n,
+                pads[d],
+                self.kernel_size[d],
+                self.stride[d],
+                self.dilation[d],
+            )
         };
         Some([size(0, h)?, size(1, w)?])
     }

@@ -1,13 +1,15 @@
 //! Direct 2-D convolution on host memory (NCHW, f32): the forward pass and the three gradients,
-//! without im2col. Written for the small channel counts of quantized CNNs: every output (or
-//! input-gradient) plane is one task, and the innermost loop is an `axpy` or a dot product
-//! along an image row, which vectorizes for stride 1.
+//! written for the small channel counts of quantized CNNs. Each image is one task; per group it
+//! builds one patch matrix (a row per input channel and kernel tap, each as long as an output
+//! plane, kept in a per-thread buffer), so that the innermost loops are `axpy`s and dot
+//! products over whole output planes, which vectorize. No per-group slices or copies of the
+//! weight.
 
 use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
 use crate::simd::with_avx2;
-use crate::windows::Windows;
+use crate::windows::{Windows, output_extent};
 
 /// The sizes of one convolution: input `[n, c, h, w]`, weight `[o, c / groups, kh, kw]`,
 /// output `[n, o, oh, ow]`, with Burn's options (stride, `(begin, end)` padding, dilation,
@@ -39,11 +41,13 @@ impl ConvDims {
             return None;
         }
         let size = |d: usize, n: usize, k: usize| {
-            let (begin, end) = options.padding[d];
-            let padded = n + begin + end;
-            let span = options.dilation[d] * (k - 1) + 1;
-            (padded >= span && options.stride[d] > 0)
-                .then(|| (padded - span) / options.stride[d] + 1)
+            output_extent(
+                n,
+                options.padding[d],
+                k,
+                options.stride[d],
+                options.dilation[d],
+            )
         };
         Some(Self {
             batch,
