@@ -135,16 +135,16 @@ fn int_conv_accumulates_exactly_for_any_geometry() {
             geometry.options(groups, h, w),
         );
         let qp = QParams::from_bounds(0.0, 1.0, QScheme::affine(8).unwrap(), &device).unwrap();
-        let conv = IntConv2d {
-            weight: weight
+        let conv = IntConv2d::new(
+            weight
                 .int()
                 .reshape([groups, c_out / groups, (c_in / groups) * kh * kw]),
-            bias: b.int(),
-            input_zero_point: zero_point,
-            geometry: geometry.clone(),
-            requantizer: Requantizer::new(1.0, &[1.0], 1.0, 0, (0, 255), &device),
-            output: qp,
-        };
+            b.int(),
+            zero_point,
+            geometry.clone(),
+            Requantizer::new(1.0, &[1.0], 1.0, 0, (0, 255), &device),
+            qp,
+        );
         assert_eq!(
             ints(conv.accumulate(x.int())),
             ints(expected.int()),
@@ -179,16 +179,16 @@ fn int_conv_routes_agree_for_any_geometry() {
             .map(|_| 0.01 + (rng.next_u64() % 1000) as f32 * 1e-4)
             .collect();
         let qp = QParams::from_bounds(0.0, 1.0, QScheme::affine(4).unwrap(), &device).unwrap();
-        let conv = IntConv2d {
-            weight: weight.floor().int(),
-            bias: Tensor::<1>::random([c_out], Distribution::Uniform(-300.0, 300.0), &device)
+        let conv = IntConv2d::new(
+            weight.floor().int(),
+            Tensor::<1>::random([c_out], Distribution::Uniform(-300.0, 300.0), &device)
                 .floor()
                 .int(),
-            input_zero_point: 3,
-            geometry: geometry.clone(),
-            requantizer: Requantizer::new(0.5, &weight_scales, 0.4, 6, (0, 15), &device),
-            output: qp,
-        };
+            3,
+            geometry.clone(),
+            Requantizer::new(0.5, &weight_scales, 0.4, 6, (0, 15), &device),
+            qp,
+        );
         let direct = ints(conv.forward(x.clone()));
         let ops = ints(conv.forward_with_tensor_ops(x));
         assert_eq!(direct, ops, "case {case}: {geometry:?}, groups {groups}");
@@ -201,4 +201,30 @@ fn int_max_pool_floors_odd_sizes() {
     let values: Vec<i32> = (0..25).collect();
     let q = Tensor::<4, Int>::from_data(TensorData::new(values, [1, 1, 5, 5]), &device);
     assert_eq!(ints(int_max_pool2d(q, 2)), vec![6, 8, 16, 18]);
+}
+
+/// Operands beyond 16 bits (a 20-bit input grid) take the tensor-op route on every backend and
+/// give the same integers as it.
+#[test]
+fn int_conv_with_wide_operands_equals_the_tensor_route() {
+    let device = device();
+    let x = Tensor::<4>::random([2, 2, 6, 6], Distribution::Uniform(0.0, 1e6), &device)
+        .floor()
+        .int();
+    let weight = Tensor::<3>::random([1, 3, 18], Distribution::Uniform(-40.0, 40.0), &device);
+    let qp = QParams::from_bounds(0.0, 1.0, QScheme::affine(8).unwrap(), &device).unwrap();
+    let conv = IntConv2d::new(
+        weight.floor().int(),
+        Tensor::<1, Int>::zeros([3], &device),
+        500_000,
+        ConvGeometry::valid([3, 3]),
+        Requantizer::new(2e-6, &[1.0], 1.0, 100, (0, 255), &device),
+        qp,
+    );
+    let y = ints(conv.forward(x.clone()));
+    assert_eq!(y, ints(conv.forward_with_tensor_ops(x)));
+    assert!(
+        y.iter().any(|&v| v != 0 && v != 255),
+        "some values inside the grid"
+    );
 }

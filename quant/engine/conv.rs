@@ -3,7 +3,9 @@
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Int, Slice, Tensor};
 
-use super::host_conv::conv_requantize;
+use std::sync::Arc;
+
+use super::packed_conv::{PackedWeights, conv_requantize, host_i32};
 use super::{ConvGeometry, Requantizer};
 use crate::QParams;
 use crate::backend::is_host_device;
@@ -11,7 +13,8 @@ use crate::backend::is_host_device;
 /// A frozen convolution on the integer grid: any stride, padding, dilation and groups.
 ///
 /// The input is padded with its zero point (the integer that stands for the real 0 the float
-/// convolution pads with), so padded taps contribute nothing to the accumulator.
+/// convolution pads with), so padded taps contribute nothing to the accumulator. Built with
+/// [`IntConv2d::new`], which packs the weights once for the CPU backends' 16-bit route.
 ///
 /// # Shapes
 /// - input: `[n, in, h, w]` (integers on the input grid)
@@ -30,9 +33,41 @@ pub struct IntConv2d {
     pub requantizer: Requantizer,
     /// Parameters of the output grid.
     pub output: QParams,
+    /// The weights and bias packed for the host route (CPU backends, operands within 16 bits).
+    packed: Option<Arc<PackedWeights>>,
 }
 
 impl IntConv2d {
+    /// A frozen convolution of `weight` (`[groups, out / groups, (in / groups) · kh · kw]`,
+    /// the values `q_w − Z_w`) and `bias` (`[out]`, on the accumulator grid); on the CPU
+    /// backends the weights are packed here, once, for [`IntConv2d::forward`].
+    pub fn new(
+        weight: Tensor<3, Int>,
+        bias: Tensor<1, Int>,
+        input_zero_point: i32,
+        geometry: ConvGeometry,
+        requantizer: Requantizer,
+        output: QParams,
+    ) -> Self {
+        let packed = is_host_device(&weight.device())
+            .then(|| {
+                let depth = weight.dims()[2];
+                let values = host_i32(weight.clone());
+                PackedWeights::new(&values, depth, host_i32(bias.clone()).to_vec())
+            })
+            .flatten()
+            .map(Arc::new);
+        Self {
+            weight,
+            bias,
+            input_zero_point,
+            geometry,
+            requantizer,
+            output,
+            packed,
+        }
+    }
+
     /// Output size `[h', w']` for an input of `h × w`.
     ///
     /// # Panics
@@ -113,19 +148,22 @@ impl IntConv2d {
         acc + self.bias.clone().reshape([1, groups * out_per_group, 1, 1])
     }
 
-    /// Convolution followed by requantization to the output grid: on the CPU backends a
-    /// direct convolution with fused requantization on the host, elsewhere
+    /// Convolution followed by requantization to the output grid: on the CPU backends the
+    /// 16-bit route on the host (when weights and input fit in it), elsewhere
     /// [`IntConv2d::forward_with_tensor_ops`]. Both give the same integers.
     pub fn forward(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
-        if is_host_device(&q.device()) {
-            conv_requantize(self, q)
-        } else {
-            self.forward_with_tensor_ops(q)
+        if let Some(packed) = &self.packed
+            && is_host_device(&q.device())
+            && let Some(y) = conv_requantize(self, packed, q.clone())
+        {
+            return y;
         }
+        self.forward_with_tensor_ops(q)
     }
 
     /// Convolution and requantization composed of Burn tensor ops (runs on every backend).
     pub fn forward_with_tensor_ops(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
-        self.requantizer.apply(self.accumulate(q), 1)
+        self.requantizer
+            .apply_with_tensor_ops(self.accumulate(q), 1)
     }
 }

@@ -3,7 +3,7 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::host_conv::host_i32;
+use super::packed_conv::host_i32;
 use crate::backend::is_host_device;
 
 /// ReLU on the grid: `max(q, Z)` where `Z` is the zero point (real 0).
@@ -28,7 +28,8 @@ pub fn int_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     windows.max_dim(5).max_dim(3).reshape([n, c, ho, wo])
 }
 
-/// [`int_max_pool2d`] as a direct loop over each plane.
+/// [`int_max_pool2d`] as a direct loop over each plane: per output row, the elementwise
+/// maximum of the `kernel` input rows, then of each window's `kernel` columns.
 fn host_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let device = q.device();
     let [n, c, h, w] = q.dims();
@@ -37,18 +38,21 @@ fn host_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let mut y = vec![0i32; n * c * ho * wo];
     y.par_chunks_mut(ho * wo)
         .zip(x.par_chunks(h * w))
-        .for_each(|(out, plane)| {
-            for (oh, row) in out.chunks_mut(wo).enumerate() {
-                for (ow, v) in row.iter_mut().enumerate() {
-                    *v = (0..kernel)
-                        .flat_map(|i| {
-                            let start = (oh * kernel + i) * w + ow * kernel;
-                            plane[start..start + kernel].iter().copied()
-                        })
-                        .max()
-                        .expect("kernel >= 1");
+        .for_each_init(
+            || vec![i32::MIN; wo * kernel],
+            |rows, (out, plane)| {
+                for (oh, out_row) in out.chunks_exact_mut(wo).enumerate() {
+                    rows.fill(i32::MIN);
+                    for input_row in plane[oh * kernel * w..].chunks(w).take(kernel) {
+                        for (m, &v) in rows.iter_mut().zip(input_row) {
+                            *m = (*m).max(v);
+                        }
+                    }
+                    for (o, window) in out_row.iter_mut().zip(rows.chunks_exact(kernel)) {
+                        *o = window.iter().copied().fold(i32::MIN, i32::max);
+                    }
                 }
-            }
-        });
+            },
+        );
     Tensor::from_data(TensorData::new(y, [n, c, ho, wo]), &device)
 }

@@ -3,6 +3,8 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::fixed_point::{FixedPointMultiplier, requantize, requantize_uniform};
+use super::packed_conv::host_i32;
+use crate::backend::is_host_device;
 
 /// Maps an i32 accumulator with scale `Si·Sw[c]` to the output grid:
 /// `clamp(M[c]·acc + Zo, qmin, qmax)` with `M[c] = Si·Sw[c]/So` in fixed point.
@@ -54,8 +56,25 @@ impl Requantizer {
         }
     }
 
-    /// Requantizes `acc`, whose channels lie along `axis`.
+    /// Requantizes `acc`, whose channels lie along `axis`: on the CPU backends directly on
+    /// the host memory the tensor lives in (vectorized), elsewhere with
+    /// [`Requantizer::apply_with_tensor_ops`]. Both give the same integers.
     pub fn apply<const D: usize>(&self, acc: Tensor<D, Int>, axis: usize) -> Tensor<D, Int> {
+        let device = acc.device();
+        if !is_host_device(&device) {
+            return self.apply_with_tensor_ops(acc, axis);
+        }
+        let shape = acc.dims();
+        let values = self.apply_host(&host_i32(acc), shape[axis + 1..].iter().product());
+        Tensor::from_data(TensorData::new(values, shape), &device)
+    }
+
+    /// [`Requantizer::apply`] composed of Burn tensor ops (i32 only; runs on every backend).
+    pub fn apply_with_tensor_ops<const D: usize>(
+        &self,
+        acc: Tensor<D, Int>,
+        axis: usize,
+    ) -> Tensor<D, Int> {
         let y = match self.multipliers.as_slice() {
             [m] => requantize_uniform(acc, *m),
             _ => {

@@ -255,14 +255,14 @@ pub(crate) fn int_conv(
     let [out, depth, kh, kw] = weight.dims();
     let frozen = observers.freeze_weights(weight, bias, &input)?;
     let groups = conv.groups;
-    Ok(IntConv2d {
-        weight: frozen
+    Ok(IntConv2d::new(
+        frozen
             .weight
             .reshape([groups, out / groups, depth * kh * kw]),
-        bias: frozen.bias,
-        input_zero_point: frozen.input_zero_point,
-        geometry: ConvGeometry::of(conv),
-        requantizer: frozen.requantizer,
-        output: frozen.output,
-    })
+        frozen.bias,
+        frozen.input_zero_point,
+        ConvGeometry::of(conv),
+        frozen.requantizer,
+        frozen.output,
+    ))
 }

@@ -69,16 +69,16 @@ impl ConvDims {
         self.windows.input.iter().product()
     }
 
-    fn out_plane(&self) -> usize {
+    pub(crate) fn out_plane(&self) -> usize {
         self.windows.output.iter().product()
     }
 
     /// Input channels per group (the weight's depth).
-    fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.in_channels / self.groups
     }
 
-    fn taps(&self) -> usize {
+    pub(crate) fn taps(&self) -> usize {
         self.kernel[0] * self.kernel[1]
     }
 
@@ -93,9 +93,16 @@ impl ConvDims {
     }
 
     /// The patch matrix of image `n`, group `group`: row `(ci, i, j)` holds, for every output
-    /// pixel, the input pixel that tap `(i, j)` of channel `ci` reads (0 in the padding).
+    /// pixel, the input pixel that tap `(i, j)` of channel `ci` reads (`T::default()`, i.e.
+    /// 0, in the padding). Shared by the float convolution and the integer engine's.
     #[inline(always)]
-    fn im2col(&self, x: &[f32], n: usize, group: usize, patches: &mut [f32]) {
+    pub(crate) fn im2col<T: Copy + Default>(
+        &self,
+        x: &[T],
+        n: usize,
+        group: usize,
+        patches: &mut [T],
+    ) {
         let (plane, in_plane, depth) = (self.out_plane(), self.in_plane(), self.depth());
         let ([_, iw], [_, ow], sw) = (
             self.windows.input,
@@ -103,7 +110,7 @@ impl ConvDims {
             self.windows.stride[1],
         );
         if self.padded() {
-            patches.fill(0.0);
+            patches.fill(T::default());
         }
         for ci in 0..depth {
             let c = n * self.in_channels + group * depth + ci;

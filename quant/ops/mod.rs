@@ -10,3 +10,4 @@ mod conv2d_autodiff;
 mod direct_conv;
 
 pub use conv2d::{DirectConvBackend, conv2d};
+pub(crate) use direct_conv::ConvDims;

@@ -1,0 +1,301 @@
+//! The integer convolution on host memory, for the CPU backends: 16-bit operands in pairs,
+//! 32-bit accumulators, requantization fused.
+//!
+//! Per image and group, the input (minus its zero point) is unfolded into a patch matrix (a row
+//! per input channel and kernel tap, as long as an output plane, see
+//! [`ConvDims::im2col`]), and two rows are interleaved, so that one AVX2 `madd` multiplies 16
+//! pairs of i16 and adds each pair into an i32 lane: `acc += w[2r]·p[2r] + w[2r+1]·p[2r+1]`.
+//! The weights are packed once into those pairs ([`PackedWeights`]). Operands of at most 15
+//! bits and a sign (`|v| ≤ 32767`, every grid of up to 15 bits) keep each pair sum exact in
+//! i32; larger ones take the tensor-op route. Without AVX2 the same pairs are summed by a
+//! portable loop; both give exactly the integers of the tensor-op route.
+
+use burn::tensor::{Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::IntConv2d;
+use super::host_requantize::requantize_into;
+use crate::ops::ConvDims;
+
+/// The largest operand magnitude of the 16-bit route: with `|a|, |b| ≤ 32767` a pair sum
+/// `a₀b₀ + a₁b₁` is below `2^31`.
+const OPERAND_LIMIT: i32 = i16::MAX as i32;
+
+/// Integer weights `q_w − Z_w` packed for the 16-bit route: for each output channel, the
+/// weights of two consecutive patch rows in one i32 (the lower row's in the low half), an odd
+/// depth padded with a zero weight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PackedWeights {
+    /// `[out, pairs]`.
+    pairs: Vec<i32>,
+    /// Pairs per output channel: `ceil(depth / 2)`.
+    per_channel: usize,
+    bias: Vec<i32>,
+}
+
+impl PackedWeights {
+    /// Packs `weight` (`[out, depth]` row-major) and `bias` (`[out]`); `None` when a weight
+    /// is out of the 16-bit route's range.
+    pub fn new(weight: &[i32], depth: usize, bias: Vec<i32>) -> Option<Self> {
+        if weight.iter().any(|w| w.abs() > OPERAND_LIMIT) || depth == 0 {
+            return None;
+        }
+        let per_channel = depth.div_ceil(2);
+        let pairs = weight
+            .chunks_exact(depth)
+            .flat_map(|row| {
+                (0..per_channel).map(move |r| {
+                    let low = row[2 * r];
+                    let high = row.get(2 * r + 1).copied().unwrap_or(0);
+                    (low as u16 as u32 | ((high as u16 as u32) << 16)) as i32
+                })
+            })
+            .collect();
+        Some(Self {
+            pairs,
+            per_channel,
+            bias,
+        })
+    }
+}
+
+/// [`IntConv2d::forward`] on host memory; `None` when the input is out of the 16-bit route's
+/// range (the caller then takes the tensor-op route).
+pub(crate) fn conv_requantize(
+    conv: &IntConv2d,
+    packed: &PackedWeights,
+    q: Tensor<4, Int>,
+) -> Option<Tensor<4, Int>> {
+    let device = q.device();
+    let [n, c, h, w] = q.dims();
+    let [groups, per_group, depth] = conv.weight.dims();
+    let [kh, kw] = conv.geometry.kernel_size;
+    let options = conv.geometry.options(groups, h, w);
+    let dims = ConvDims::new(
+        [n, c, h, w],
+        [groups * per_group, depth / (kh * kw), kh, kw],
+        &options,
+    )?;
+    // Real 0 is the zero point: after subtracting it, padding is with integer 0.
+    let zi = conv.input_zero_point;
+    let x = host_i32(q);
+    let (low, high) = x
+        .iter()
+        .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let fits = |v: i32| v.checked_sub(zi).is_some_and(|d| d.abs() <= OPERAND_LIMIT);
+    if !(x.is_empty() || fits(low) && fits(high)) {
+        return None;
+    }
+    let x: Vec<i16> = x.iter().map(|&v| (v - zi) as i16).collect();
+    let plane = dims.out_plane();
+    // Pair rows padded to whole 8-lane vectors (zeros past the plane).
+    let padded = plane.next_multiple_of(8);
+    let rows = packed.per_channel;
+    let mut y = vec![0i32; n * dims.out_channels * plane];
+    y.par_chunks_mut(dims.out_channels * plane)
+        .enumerate()
+        .for_each_init(
+            || {
+                let patches = vec![0i16; depth * plane];
+                (patches, vec![0i16; rows * padded * 2], vec![0i32; padded])
+            },
+            |(patches, interleaved, acc), (image, out)| {
+                for group in 0..groups {
+                    dims.im2col(&x, image, group, patches);
+                    interleave(patches, plane, padded, interleaved);
+                    for o in group * per_group..(group + 1) * per_group {
+                        let weights = &packed.pairs[o * rows..(o + 1) * rows];
+                        accumulate(interleaved, padded, weights, packed.bias[o], acc);
+                        let r = &conv.requantizer;
+                        requantize_into(
+                            &acc[..plane],
+                            &mut out[o * plane..(o + 1) * plane],
+                            r.multiplier(o),
+                            r.output_zero_point,
+                            (r.qmin, r.qmax),
+                        );
+                    }
+                }
+            },
+        );
+    Some(Tensor::from_data(
+        TensorData::new(
+            y,
+            [
+                n,
+                dims.out_channels,
+                dims.windows.output[0],
+                dims.windows.output[1],
+            ],
+        ),
+        &device,
+    ))
+}
+
+/// The values of an integer tensor in host memory, read as `&[i32]` where they lie (no copy
+/// into a `Vec`, whose alignment may differ from the tensor data's).
+pub(crate) struct HostInts(TensorData);
+
+impl std::ops::Deref for HostInts {
+    type Target = [i32];
+
+    fn deref(&self) -> &[i32] {
+        self.0.as_slice::<i32>().expect("i32 data")
+    }
+}
+
+/// The values of `t` as i32 in host memory.
+pub(crate) fn host_i32<const D: usize>(t: Tensor<D, Int>) -> HostInts {
+    HostInts(t.into_data().convert::<i32>())
+}
+
+/// Rows `2r` and `2r + 1` of `patches` (`[depth, plane]`) as one row of pairs in
+/// `interleaved` (`[pairs, padded, 2]`); an odd depth's last row is paired with zeros.
+fn interleave(patches: &[i16], plane: usize, padded: usize, interleaved: &mut [i16]) {
+    let depth = patches.len() / plane;
+    for (r, pairs) in interleaved.chunks_exact_mut(padded * 2).enumerate() {
+        let low = &patches[2 * r * plane..][..plane];
+        let pairs = &mut pairs[..plane * 2];
+        if 2 * r + 1 < depth {
+            let high = &patches[(2 * r + 1) * plane..][..plane];
+            for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(low).zip(high) {
+                pair[0] = a;
+                pair[1] = b;
+            }
+        } else {
+            for (pair, &a) in pairs.chunks_exact_mut(2).zip(low) {
+                pair[0] = a;
+                pair[1] = 0;
+            }
+        }
+    }
+}
+
+/// `acc[p] = bias + Σ_r w_lo[r]·pairs[r][p][0] + w_hi[r]·pairs[r][p][1]` over a padded plane.
+fn accumulate(interleaved: &[i16], padded: usize, weights: &[i32], bias: i32, acc: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        unsafe { avx2::accumulate(interleaved, padded, weights, bias, acc) };
+        return;
+    }
+    accumulate_portable(interleaved, padded, weights, bias, acc);
+}
+
+/// [`accumulate`] without SIMD intrinsics (any CPU; the reference of the AVX2 version).
+fn accumulate_portable(
+    interleaved: &[i16],
+    padded: usize,
+    weights: &[i32],
+    bias: i32,
+    acc: &mut [i32],
+) {
+    acc.fill(bias);
+    for (&pair, row) in weights.iter().zip(interleaved.chunks_exact(padded * 2)) {
+        let (lo, hi) = (pair as i16 as i32, (pair >> 16) as i16 as i32);
+        for (a, p) in acc.iter_mut().zip(row.chunks_exact(2)) {
+            *a = a.wrapping_add(lo * p[0] as i32 + hi * p[1] as i32);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// [`super::accumulate`] with `_mm256_madd_epi16`: 32 outputs at a time in four
+    /// registers, then 8 at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn accumulate(
+        interleaved: &[i16],
+        padded: usize,
+        weights: &[i32],
+        bias: i32,
+        acc: &mut [i32],
+    ) {
+        assert!(padded.is_multiple_of(8) && acc.len() >= padded);
+        assert!(interleaved.len() >= weights.len() * padded * 2);
+        let broadcast: Vec<__m256i> = weights.iter().map(|&w| _mm256_set1_epi32(w)).collect();
+        let vbias = _mm256_set1_epi32(bias);
+        let base = interleaved.as_ptr();
+        let out = acc.as_mut_ptr() as *mut __m256i;
+        // Each vector holds 8 output positions (16 i16); `p` counts vectors.
+        let vectors = padded / 8;
+        let row_vectors = padded * 2 / 16;
+        let mut p = 0;
+        while p + 4 <= vectors {
+            let mut sums = [vbias; 4];
+            for (r, w) in broadcast.iter().enumerate() {
+                let row = base.wrapping_add(r * padded * 2) as *const __m256i;
+                for (k, sum) in sums.iter_mut().enumerate() {
+                    // SAFETY: vector `p + k < row_vectors` of row `r < weights.len()` lies
+                    // inside `interleaved` (asserted above).
+                    let v = unsafe { _mm256_loadu_si256(row.add(p + k)) };
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(v, *w));
+                }
+            }
+            for (k, sum) in sums.into_iter().enumerate() {
+                // SAFETY: vector `p + k < vectors` lies inside `acc` (asserted above).
+                unsafe { _mm256_storeu_si256(out.add(p + k), sum) };
+            }
+            p += 4;
+        }
+        while p < vectors {
+            let mut sum = vbias;
+            for (r, w) in broadcast.iter().enumerate() {
+                let row = base.wrapping_add(r * padded * 2) as *const __m256i;
+                debug_assert!(p < row_vectors);
+                // SAFETY: as above.
+                let v = unsafe { _mm256_loadu_si256(row.add(p)) };
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(v, *w));
+            }
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_si256(out.add(p), sum) };
+            p += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngCore, SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn packed_pairs_and_both_accumulators_equal_the_plain_sum() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut value = |limit: i64| (rng.next_u64() % (2 * limit as u64 + 1)) as i64 - limit;
+        for (depth, plane) in [(1, 5), (9, 26 * 26), (18, 121), (7, 33), (2, 8)] {
+            // The widest operands where one pair is the whole sum.
+            let limit = if depth == 2 { 32767 } else { 255 };
+            let patches: Vec<i16> = (0..depth * plane).map(|_| value(limit) as i16).collect();
+            let weight: Vec<i32> = (0..3 * depth).map(|_| value(limit) as i32).collect();
+            let packed = PackedWeights::new(&weight, depth, vec![11, -4, 0]).unwrap();
+            let padded = plane.next_multiple_of(8);
+            let mut interleaved = vec![0i16; packed.per_channel * padded * 2];
+            interleave(&patches, plane, padded, &mut interleaved);
+            for o in 0..3 {
+                let weights = &packed.pairs[o * packed.per_channel..][..packed.per_channel];
+                let mut fast = vec![0i32; padded];
+                accumulate(&interleaved, padded, weights, packed.bias[o], &mut fast);
+                let mut portable = vec![0i32; padded];
+                accumulate_portable(&interleaved, padded, weights, packed.bias[o], &mut portable);
+                assert_eq!(fast, portable, "depth {depth}, plane {plane}");
+                for p in 0..plane {
+                    let plain: i64 = packed.bias[o] as i64
+                        + (0..depth)
+                            .map(|k| weight[o * depth + k] as i64 * patches[k * plane + p] as i64)
+                            .sum::<i64>();
+                    assert_eq!(
+                        fast[p] as i64, plain,
+                        "depth {depth}, output {o}, position {p}"
+                    );
+                }
+            }
+        }
+        assert_eq!(PackedWeights::new(&[40000], 1, vec![0]), None);
+    }
+}
