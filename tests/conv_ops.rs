@@ -8,9 +8,8 @@ mod common;
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor, TensorData};
-use burn_quant::backend::{BackendKind, default_backend};
 use burn_quant::ops::conv2d;
-use common::{device, to_vec};
+use common::{assert_close, cpu_cases, device, to_vec};
 use proptest::prelude::*;
 
 /// One convolution: shapes and options.
@@ -82,26 +81,6 @@ fn run(
         to_vec(weight.grad(&grads).expect("weight gradient")),
         bias_grad,
     ]
-}
-
-/// `actual` equals `expected` within 1e-5 relative to the largest magnitude of `expected`.
-fn assert_close(what: &str, actual: &[f32], expected: &[f32]) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!(
-            (a - e).abs() <= 1e-5 * scale,
-            "{what}[{i}]: {a} vs Burn's {e} (scale {scale})"
-        );
-    }
-}
-
-/// 48 random cases on the CPU backends, none elsewhere.
-fn cpu_cases() -> u32 {
-    match default_backend() {
-        Ok(BackendKind::Flex | BackendKind::NdArray) => 48,
-        _ => 0,
-    }
 }
 
 proptest! {

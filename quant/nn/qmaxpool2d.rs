@@ -3,11 +3,13 @@
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Int, Tensor};
 
 use super::{QTensor, Quantized};
 use crate::engine::{ConvGeometry, int_max_pool2d};
 use crate::export::ExportOp;
+use crate::ops::max_pool2d;
 
 /// Max-pooling of any geometry (Burn's [`MaxPool2d`]: kernel, stride, padding, dilation, ceil
 /// mode). The maximum is monotone, so it keeps the grid and is exact on integers: the
@@ -50,13 +52,7 @@ impl QMaxPool2d {
         let pool = &self.pool;
         // Built only while a model is exported.
         let export = || {
-            let geometry = ConvGeometry {
-                kernel_size: pool.kernel_size,
-                stride: pool.stride,
-                dilation: pool.dilation,
-                padding: pool.padding.clone(),
-            };
-            let [(top, bottom), (left, right)] = geometry.padding_pairs(h, w);
+            let [(top, bottom), (left, right)] = self.geometry().padding_pairs(h, w);
             Ok(vec![ExportOp::MaxPool {
                 kernel: pool.kernel_size,
                 strides: pool.stride,
@@ -67,20 +63,39 @@ impl QMaxPool2d {
         };
         x.map_exported(
             "QMaxPool2d",
-            |t| pool.forward(t),
+            |t| self.forward_float(t),
             |q, _| self.forward_int(q),
             export,
         )
     }
 
-    /// Float forward.
+    /// The window geometry (padding as Burn's `MaxPool2d` computes it).
+    fn geometry(&self) -> ConvGeometry {
+        let pool = &self.pool;
+        ConvGeometry {
+            kernel_size: pool.kernel_size,
+            stride: pool.stride,
+            dilation: pool.dilation,
+            padding: pool.padding.clone(),
+        }
+    }
+
+    /// Float forward: Burn's [`MaxPool2d::forward`], computed with [`crate::ops::max_pool2d`]
+    /// (direct kernels on the CPU backends).
     pub fn forward_float(&self, x: Tensor<4>) -> Tensor<4> {
-        self.pool.forward(x)
+        let [_, _, h, w] = x.dims();
+        let pool = &self.pool;
+        let options = MaxPoolOptions::new(pool.kernel_size)
+            .with_stride(pool.stride)
+            .with_padding_pairs(self.geometry().padding_pairs(h, w))
+            .with_dilation(pool.dilation)
+            .with_ceil_mode(pool.ceil_mode);
+        max_pool2d(x, options)
     }
 
     /// Fake-quantized forward (the grid is unchanged).
     pub fn forward_fq(&self, x: Quantized<4>) -> Quantized<4> {
-        x.map(|t| self.pool.forward(t))
+        x.map(|t| self.forward_float(t))
     }
 
     /// Integer forward.

@@ -4,10 +4,17 @@
 //! - [`conv2d`]: direct 2-D convolution (no im2col, no loop over groups with slices) for Flex
 //!   and NdArray, forward and the three gradients; other backends run Burn's
 //!   [`burn::tensor::module::conv2d`], which is also the test oracle.
+//! - [`max_pool2d`]: direct 2-D max-pooling that keeps each window's argmax for its backward
+//!   pass, for Flex and NdArray (symmetric padding, floor mode); otherwise Burn's
+//!   [`burn::tensor::module::max_pool2d`], the test oracle.
 
 mod conv2d;
 mod conv2d_autodiff;
 mod direct_conv;
+mod max_pool2d;
+mod max_pool2d_autodiff;
+mod max_pool_kernels;
 
 pub use conv2d::{DirectConvBackend, conv2d};
 pub(crate) use direct_conv::ConvDims;
+pub use max_pool2d::{HostMaxPoolBackend, max_pool2d};

@@ -50,3 +50,25 @@ pub fn assert_fake_quant_eq(actual: &[f32], expected: &[f32], x: &[f32], scales:
         );
     }
 }
+
+/// `actual` equals `expected` within 1e-5 relative to the largest magnitude of `expected`.
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f32]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= 1e-5 * scale,
+            "{what}[{i}]: {a} vs Burn's {e} (scale {scale})"
+        );
+    }
+}
+
+/// 48 random cases of an op-vs-Burn property test on the CPU backends (where burn-quant has
+/// its own kernels), none elsewhere (where the op is Burn's).
+pub fn cpu_cases() -> u32 {
+    use burn_quant::backend::{BackendKind, default_backend};
+    match default_backend() {
+        Ok(BackendKind::Flex | BackendKind::NdArray) => 48,
+        _ => 0,
+    }
+}

@@ -1,0 +1,232 @@
+//! 2-D max-pooling as a Burn backend extension: on Flex and NdArray a direct kernel over host
+//! memory that keeps the argmax of every window for the backward pass (`max_pool_kernels.rs`);
+//! `Autodiff<B, C>` records those indices and scatters the gradient back with them; other
+//! backends run Burn's op.
+
+// `NdArray` is deprecated by Burn but still supported here behind its feature.
+#![allow(deprecated)]
+
+use burn::backend::ops::{IntTensorOps, ModuleOps};
+use burn::backend::{
+    Backend, Dispatch, TensorMetadata, backend_extension,
+    tensor::{FloatTensor, IntTensor},
+};
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{DType, IntDType, Tensor, TensorData};
+
+use super::conv2d::HostSlice;
+use super::max_pool_kernels::{self, PoolDims};
+use crate::backend::is_host_device;
+
+/// Backend extension with 2-D max-pooling (symmetric padding, floor mode) and its backward
+/// pass. Every method defaults to Burn's own op, so a backend without a faster kernel computes
+/// exactly what Burn computes.
+#[backend_extension(
+    Autodiff,
+    Flex: cfg(feature = "flex"),
+    NdArray: cfg(feature = "ndarray")
+)]
+pub trait HostMaxPoolBackend: Backend {
+    /// The pooled output.
+    fn host_max_pool2d(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {
+        let [ph, pw] = options.padding.map(|(begin, _)| begin);
+        Self::max_pool2d(
+            x,
+            options.kernel_size,
+            options.stride,
+            [ph, pw],
+            options.dilation,
+            false,
+        )
+    }
+
+    /// The pooled output and, for each output, the index of its maximum in the input plane
+    /// (`ih · w + iw`).
+    fn host_max_pool2d_with_indices(
+        x: FloatTensor<Self>,
+        options: MaxPoolOptions<2>,
+    ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        let [ph, pw] = options.padding.map(|(begin, _)| begin);
+        let pooled = Self::max_pool2d_with_indices(
+            x,
+            options.kernel_size,
+            options.stride,
+            [ph, pw],
+            options.dilation,
+            false,
+            IntDType::I32,
+        );
+        (pooled.output, pooled.indices)
+    }
+
+    /// The input gradient: `output_grad` added onto the input positions in `indices`.
+    fn host_max_pool2d_backward(
+        x: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        indices: IntTensor<Self>,
+        options: MaxPoolOptions<2>,
+    ) -> FloatTensor<Self> {
+        let [ph, pw] = options.padding.map(|(begin, _)| begin);
+        Self::max_pool2d_with_indices_backward(
+            x,
+            options.kernel_size,
+            options.stride,
+            [ph, pw],
+            options.dilation,
+            false,
+            output_grad,
+            indices,
+        )
+        .x_grad
+    }
+}
+
+/// 2-D max-pooling, as [`burn::tensor::module::max_pool2d`] computes it, with burn-quant's
+/// direct kernels (forward and backward) on the CPU backends for symmetric padding and floor
+/// mode; every other case, and every other backend, runs Burn's op.
+///
+/// # Shapes
+/// - x: `[batch, channels, height, width]`
+/// - output: `[batch, channels, height_out, width_out]`
+///
+/// ```
+/// use burn::tensor::{Tensor, ops::MaxPoolOptions};
+/// use burn_quant::{default_device, ops::max_pool2d};
+/// let device = default_device().unwrap();
+/// let x = Tensor::<4>::from_floats([[[[1.0, 2.0], [4.0, 3.0]]]], &device);
+/// let y = max_pool2d(x, MaxPoolOptions::new([2, 2]));
+/// assert_eq!(y.into_data().try_to_vec::<f32>().unwrap(), vec![4.0]);
+/// ```
+///
+/// # Panics
+/// As Burn's `max_pool2d`, when the window does not fit the padded input.
+pub fn max_pool2d(x: Tensor<4>, options: MaxPoolOptions<2>) -> Tensor<4> {
+    let symmetric = options.padding.iter().all(|(begin, end)| begin == end);
+    if !is_host_device(&x.device()) || options.ceil_mode || !symmetric {
+        return burn::tensor::module::max_pool2d(x, options);
+    }
+    Tensor::from_dispatch(Dispatch::host_max_pool2d(x.into_dispatch(), options))
+}
+
+/// The sizes of max-pooling `x`, when the direct kernels can compute it (f32, rank 4, a
+/// window that fits).
+fn plan<B: Backend>(x: &FloatTensor<B>, options: &MaxPoolOptions<2>) -> Option<PoolDims> {
+    if x.dtype() != DType::F32 || options.ceil_mode {
+        return None;
+    }
+    PoolDims::new(x.shape().as_slice().try_into().ok()?, options)
+}
+
+/// Host access to a CPU backend's integer tensors (the argmax indices).
+pub(super) trait HostIndices: HostSlice {
+    /// The values of `t` as i32.
+    fn host_indices(t: IntTensor<Self>) -> Vec<i32>;
+    /// An integer tensor of `shape` holding `values`.
+    fn indices_from_host(values: Vec<i32>, shape: Vec<usize>) -> IntTensor<Self> {
+        Self::int_from_data(TensorData::new(values, shape), &Default::default())
+    }
+}
+
+/// Implements [`HostMaxPoolBackend`] for a backend with host memory.
+macro_rules! host_max_pool {
+    ($backend:ty) => {
+        impl HostIndices for $backend {
+            fn host_indices(t: IntTensor<Self>) -> Vec<i32> {
+                let read = std::pin::pin!(Self::int_into_data(t));
+                let context = &mut std::task::Context::from_waker(std::task::Waker::noop());
+                let std::task::Poll::Ready(Ok(data)) = std::future::Future::poll(read, context)
+                else {
+                    panic!("a CPU backend's tensor read completes at once");
+                };
+                data.convert::<i32>().to_vec::<i32>().expect("i32 indices")
+            }
+        }
+
+        impl HostMaxPoolBackend for $backend {
+            fn host_max_pool2d(
+                x: FloatTensor<Self>,
+                options: MaxPoolOptions<2>,
+            ) -> FloatTensor<Self> {
+                match plan::<Self>(&x, &options) {
+                    Some(dims) => {
+                        let (y, _) = Self::with_host(&x, |xs| max_pool_kernels::forward(&dims, xs));
+                        Self::from_host(y, dims.output_shape().to_vec())
+                    }
+                    None => {
+                        let [ph, pw] = options.padding.map(|(begin, _)| begin);
+                        Self::max_pool2d(
+                            x,
+                            options.kernel_size,
+                            options.stride,
+                            [ph, pw],
+                            options.dilation,
+                            false,
+                        )
+                    }
+                }
+            }
+
+            fn host_max_pool2d_with_indices(
+                x: FloatTensor<Self>,
+                options: MaxPoolOptions<2>,
+            ) -> (FloatTensor<Self>, IntTensor<Self>) {
+                let Some(dims) = plan::<Self>(&x, &options) else {
+                    let [ph, pw] = options.padding.map(|(begin, _)| begin);
+                    let pooled = Self::max_pool2d_with_indices(
+                        x,
+                        options.kernel_size,
+                        options.stride,
+                        [ph, pw],
+                        options.dilation,
+                        false,
+                        IntDType::I32,
+                    );
+                    return (pooled.output, pooled.indices);
+                };
+                let (y, indices) = Self::with_host(&x, |xs| max_pool_kernels::forward(&dims, xs));
+                let shape = dims.output_shape().to_vec();
+                (
+                    Self::from_host(y, shape.clone()),
+                    Self::indices_from_host(indices, shape),
+                )
+            }
+
+            fn host_max_pool2d_backward(
+                x: FloatTensor<Self>,
+                output_grad: FloatTensor<Self>,
+                indices: IntTensor<Self>,
+                options: MaxPoolOptions<2>,
+            ) -> FloatTensor<Self> {
+                match plan::<Self>(&x, &options) {
+                    Some(dims) => {
+                        let indices = Self::host_indices(indices);
+                        let gx = Self::with_host(&output_grad, |gy| {
+                            max_pool_kernels::backward(&dims, gy, &indices)
+                        });
+                        Self::from_host(gx, x.shape().to_vec())
+                    }
+                    None => {
+                        let [ph, pw] = options.padding.map(|(begin, _)| begin);
+                        Self::max_pool2d_with_indices_backward(
+                            x,
+                            options.kernel_size,
+                            options.stride,
+                            [ph, pw],
+                            options.dilation,
+                            false,
+                            output_grad,
+                            indices,
+                        )
+                        .x_grad
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(feature = "flex")]
+host_max_pool!(burn::backend::Flex);
+
+#[cfg(feature = "ndarray")]
+host_max_pool!(burn::backend::NdArray);
