@@ -1,6 +1,7 @@
 //! Range observers: running min/max (the reference's) and exponential-moving-average min/max,
 //! optionally with a learned step size (LSQ) once observing stops.
 
+use crate::ops::finite_extremes;
 use burn::module::{Flag, Module, ModuleMapper, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 
@@ -178,9 +179,7 @@ impl MinMaxObserver {
         if x.shape().num_elements() == 0 {
             return;
         }
-        let x = x.clone().detach();
-        let x = x.clone().mask_fill(x.is_finite().bool_not(), 0.0);
-        let (batch_min, batch_max) = self.batch_range(x);
+        let (batch_min, batch_max) = self.batch_range(x.clone().detach());
         let (min, max) = (self.min.value_sync(), self.max.value_sync());
         let updates = self.updates.value_sync();
         let (min, max) = match self.ema_momentum {
@@ -199,14 +198,19 @@ impl MinMaxObserver {
         commit(&self.updates, updates + 1.0);
     }
 
-    /// The batch's range per channel or per tensor, as the [`RangeEstimator`] takes it; for a
-    /// bipolar scheme `(-mean|x|, mean|x|)`, whose step `mean|x|` minimises the squared error
-    /// of `S·sign(x)`.
+    /// The batch's range per channel or per tensor, as the [`RangeEstimator`] takes it (NaN
+    /// and ±∞ counted as 0); for a bipolar scheme `(-mean|x|, mean|x|)`, whose step `mean|x|`
+    /// minimises the squared error of `S·sign(x)`.
     fn batch_range<const D: usize>(&self, x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
         let rows = match self.scheme.granularity() {
             Granularity::PerTensor => x.reshape([1, -1]),
             Granularity::PerChannel { axis } => self.channel_rows(x, axis),
         };
+        if self.range == RangeEstimator::MinMax && !self.scheme.is_bipolar() {
+            // One fused pass on the CPU backends.
+            return finite_extremes(rows);
+        }
+        let rows = rows.clone().mask_fill(rows.is_finite().bool_not(), 0.0);
         if self.scheme.is_bipolar() {
             let channels = rows.dims()[0];
             let mean_abs = rows.abs().mean_dim(1).reshape([channels]);

@@ -3,7 +3,7 @@
 mod common;
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use burn_quant::{MinMaxObserverConfig, QScheme, QuantError, set_observing};
 use common::{device, to_vec};
 
@@ -114,4 +114,30 @@ fn state_is_saved_with_the_module() {
     assert_eq!(range(&loaded), range(&obs));
     assert_eq!(to_vec(loaded.updates.value()), vec![1.0]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// On an autodiff device (as during QAT), per channel and per tensor, with rows longer than one
+/// parallel task of the CPU backends' fused pass: the range is the extremes with NaN and ±∞
+/// counted as 0.
+#[test]
+fn long_rows_with_non_finite_values_on_autodiff() {
+    let device = device().autodiff();
+    let n = 100_000;
+    let mut values: Vec<f32> = (0..2 * n)
+        .map(|i| 1.0 + ((i * 7919) % 1000) as f32 / 100.0)
+        .collect();
+    values[5] = f32::NAN;
+    values[70_001] = 25.0;
+    values[n + 3] = -4.0;
+    values[n + 90_000] = f32::INFINITY;
+    let x = Tensor::<2>::from_data(TensorData::new(values, [2, n]), &device);
+    let per_channel = MinMaxObserverConfig::new(QScheme::affine(8).unwrap().per_channel(0))
+        .with_channels(2)
+        .init(&device);
+    per_channel.update(&x);
+    let top = 1.0 + 999.0f32 / 100.0;
+    assert_eq!(range(&per_channel), (vec![0.0, -4.0], vec![25.0, top]));
+    let per_tensor = MinMaxObserverConfig::new(QScheme::affine(8).unwrap()).init(&device);
+    per_tensor.update(&x);
+    assert_eq!(range(&per_tensor), (vec![-4.0], vec![25.0]));
 }

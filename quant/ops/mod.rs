@@ -11,10 +11,12 @@
 mod conv2d;
 mod conv2d_autodiff;
 mod direct_conv;
+mod finite_extremes;
 mod max_pool2d;
 mod max_pool2d_autodiff;
 mod max_pool_kernels;
 
 pub use conv2d::{DirectConvBackend, conv2d};
 pub(crate) use direct_conv::ConvDims;
+pub(crate) use finite_extremes::finite_extremes;
 pub use max_pool2d::{HostMaxPoolBackend, max_pool2d};
