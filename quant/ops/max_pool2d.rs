@@ -6,7 +6,7 @@
 // `NdArray` is deprecated by Burn but still supported here behind its feature.
 #![allow(deprecated)]
 
-use burn::backend::ops::{IntTensorOps, ModuleOps};
+use burn::backend::ops::IntTensorOps;
 use burn::backend::{
     Backend, Dispatch, TensorMetadata, backend_extension,
     tensor::{FloatTensor, IntTensor},
@@ -29,15 +29,7 @@ use crate::backend::is_host_device;
 pub trait HostMaxPoolBackend: Backend {
     /// The pooled output.
     fn host_max_pool2d(x: FloatTensor<Self>, options: MaxPoolOptions<2>) -> FloatTensor<Self> {
-        let [ph, pw] = options.padding.map(|(begin, _)| begin);
-        Self::max_pool2d(
-            x,
-            options.kernel_size,
-            options.stride,
-            [ph, pw],
-            options.dilation,
-            false,
-        )
+        burn_max_pool2d::<Self>(x, options)
     }
 
     /// The pooled output and, for each output, the index of its maximum in the input plane
@@ -46,17 +38,7 @@ pub trait HostMaxPoolBackend: Backend {
         x: FloatTensor<Self>,
         options: MaxPoolOptions<2>,
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
-        let [ph, pw] = options.padding.map(|(begin, _)| begin);
-        let pooled = Self::max_pool2d_with_indices(
-            x,
-            options.kernel_size,
-            options.stride,
-            [ph, pw],
-            options.dilation,
-            false,
-            IntDType::I32,
-        );
-        (pooled.output, pooled.indices)
+        burn_max_pool2d_with_indices::<Self>(x, options)
     }
 
     /// The input gradient: `output_grad` added onto the input positions in `indices`.
@@ -66,19 +48,60 @@ pub trait HostMaxPoolBackend: Backend {
         indices: IntTensor<Self>,
         options: MaxPoolOptions<2>,
     ) -> FloatTensor<Self> {
-        let [ph, pw] = options.padding.map(|(begin, _)| begin);
-        Self::max_pool2d_with_indices_backward(
-            x,
-            options.kernel_size,
-            options.stride,
-            [ph, pw],
-            options.dilation,
-            false,
-            output_grad,
-            indices,
-        )
-        .x_grad
+        burn_max_pool2d_backward::<Self>(x, output_grad, indices, options)
     }
+}
+
+/// Burn's max-pooling (symmetric padding, floor mode).
+fn burn_max_pool2d<B: Backend>(x: FloatTensor<B>, options: MaxPoolOptions<2>) -> FloatTensor<B> {
+    let padding = options.padding.map(|(begin, _)| begin);
+    B::max_pool2d(
+        x,
+        options.kernel_size,
+        options.stride,
+        padding,
+        options.dilation,
+        false,
+    )
+}
+
+/// Burn's max-pooling with indices (symmetric padding, floor mode).
+fn burn_max_pool2d_with_indices<B: Backend>(
+    x: FloatTensor<B>,
+    options: MaxPoolOptions<2>,
+) -> (FloatTensor<B>, IntTensor<B>) {
+    let padding = options.padding.map(|(begin, _)| begin);
+    let pooled = B::max_pool2d_with_indices(
+        x,
+        options.kernel_size,
+        options.stride,
+        padding,
+        options.dilation,
+        false,
+        IntDType::I32,
+    );
+    (pooled.output, pooled.indices)
+}
+
+/// Burn's max-pooling backward pass (symmetric padding, floor mode).
+fn burn_max_pool2d_backward<B: Backend>(
+    x: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    indices: IntTensor<B>,
+    options: MaxPoolOptions<2>,
+) -> FloatTensor<B> {
+    let padding = options.padding.map(|(begin, _)| begin);
+    B::max_pool2d_with_indices_backward(
+        x,
+        options.kernel_size,
+        options.stride,
+        padding,
+        options.dilation,
+        false,
+        output_grad,
+        indices,
+    )
+    .x_grad
 }
 
 /// 2-D max-pooling, as [`burn::tensor::module::max_pool2d`] computes it, with burn-quant's
@@ -152,17 +175,7 @@ macro_rules! host_max_pool {
                         let (y, _) = Self::with_host(&x, |xs| max_pool_kernels::forward(&dims, xs));
                         Self::from_host(y, dims.output_shape().to_vec())
                     }
-                    None => {
-                        let [ph, pw] = options.padding.map(|(begin, _)| begin);
-                        Self::max_pool2d(
-                            x,
-                            options.kernel_size,
-                            options.stride,
-                            [ph, pw],
-                            options.dilation,
-                            false,
-                        )
-                    }
+                    None => burn_max_pool2d::<Self>(x, options),
                 }
             }
 
@@ -171,17 +184,7 @@ macro_rules! host_max_pool {
                 options: MaxPoolOptions<2>,
             ) -> (FloatTensor<Self>, IntTensor<Self>) {
                 let Some(dims) = plan::<Self>(&x, &options) else {
-                    let [ph, pw] = options.padding.map(|(begin, _)| begin);
-                    let pooled = Self::max_pool2d_with_indices(
-                        x,
-                        options.kernel_size,
-                        options.stride,
-                        [ph, pw],
-                        options.dilation,
-                        false,
-                        IntDType::I32,
-                    );
-                    return (pooled.output, pooled.indices);
+                    return burn_max_pool2d_with_indices::<Self>(x, options);
                 };
                 let (y, indices) = Self::with_host(&x, |xs| max_pool_kernels::forward(&dims, xs));
                 let shape = dims.output_shape().to_vec();
@@ -205,20 +208,7 @@ macro_rules! host_max_pool {
                         });
                         Self::from_host(gx, x.shape().to_vec())
                     }
-                    None => {
-                        let [ph, pw] = options.padding.map(|(begin, _)| begin);
-                        Self::max_pool2d_with_indices_backward(
-                            x,
-                            options.kernel_size,
-                            options.stride,
-                            [ph, pw],
-                            options.dilation,
-                            false,
-                            output_grad,
-                            indices,
-                        )
-                        .x_grad
-                    }
+                    None => burn_max_pool2d_backward::<Self>(x, output_grad, indices, options),
                 }
             }
         }
