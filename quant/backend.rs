@@ -1,7 +1,7 @@
 //! Picks the [`Device`] from the enabled backend features (`BURN_QUANT_DEVICE` selects one by
 //! name), so that programs and tests never hard-code one.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::QuantError;
 
@@ -111,6 +111,23 @@ pub(crate) fn is_host_device(device: &Device) -> bool {
     [BackendKind::Flex, BackendKind::NdArray]
         .into_iter()
         .any(|kind| kind.is_enabled() && kind.device() == *device)
+}
+
+/// The values of an integer tensor in host memory, read as `&[i32]` where they lie (no copy
+/// into a `Vec`, whose alignment may differ from the tensor data's).
+pub(crate) struct HostInts(TensorData);
+
+impl std::ops::Deref for HostInts {
+    type Target = [i32];
+
+    fn deref(&self) -> &[i32] {
+        self.0.as_slice::<i32>().expect("i32 data")
+    }
+}
+
+/// The values of `t` (on any device) as i32 in host memory.
+pub(crate) fn host_i32<const D: usize>(t: Tensor<D, Int>) -> HostInts {
+    HostInts(t.into_data().convert::<i32>())
 }
 
 #[cfg(test)]

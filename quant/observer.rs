@@ -1,10 +1,10 @@
 //! Range observers: running min/max (the reference's) and exponential-moving-average min/max,
 //! optionally with a learned step size (LSQ) once observing stops.
 
-use crate::ops::finite_extremes;
 use burn::module::{Flag, Module, ModuleMapper, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 
+use crate::ops::finite_extremes;
 use crate::{
     Granularity, QParams, QScheme, QuantError, RangeEstimator, Ste, bipolar_fake_quant, fake_quant,
     lsq_fake_quant, lsq_grad_scale,

@@ -5,10 +5,10 @@ use burn::tensor::{Int, Slice, Tensor};
 
 use std::sync::Arc;
 
-use super::packed_conv::{PackedWeights, conv_requantize, host_i32};
+use super::packed_conv::{PackedWeights, conv_requantize};
 use super::{ConvGeometry, Requantizer};
 use crate::QParams;
-use crate::backend::is_host_device;
+use crate::backend::{host_i32, is_host_device};
 
 /// A frozen convolution on the integer grid: any stride, padding, dilation and groups.
 ///

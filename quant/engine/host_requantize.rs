@@ -73,7 +73,7 @@ mod avx2 {
 
     use super::{FixedPointMultiplier, requantize_scalar};
 
-    /// [`super::requantize_slice`] for `m.shift >= 0`, eight lanes at a time: the 62-bit
+    /// [`super::requantize_into`] for `m.shift >= 0`, eight lanes at a time: the 62-bit
     /// products `|v|·m0` of the even and the odd lanes (`_mm256_mul_epu32`), rounded once by
     /// adding half of `2^(31 + shift)` and shifting, the sign put back, then `+ zo` and clamp.
     ///

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::IntConv2d;
 use super::host_requantize::requantize_into;
+use crate::backend::host_i32;
 use crate::ops::ConvDims;
 
 /// The largest operand magnitude of the 16-bit route: with `|a|, |b| ≤ 32767` a pair sum
@@ -132,23 +133,6 @@ pub(crate) fn conv_requantize(
     ))
 }
 
-/// The values of an integer tensor in host memory, read as `&[i32]` where they lie (no copy
-/// into a `Vec`, whose alignment may differ from the tensor data's).
-pub(crate) struct HostInts(TensorData);
-
-impl std::ops::Deref for HostInts {
-    type Target = [i32];
-
-    fn deref(&self) -> &[i32] {
-        self.0.as_slice::<i32>().expect("i32 data")
-    }
-}
-
-/// The values of `t` as i32 in host memory.
-pub(crate) fn host_i32<const D: usize>(t: Tensor<D, Int>) -> HostInts {
-    HostInts(t.into_data().convert::<i32>())
-}
-
 /// Rows `2r` and `2r + 1` of `patches` (`[depth, plane]`) as one row of pairs in
 /// `interleaved` (`[pairs, padded, 2]`); an odd depth's last row is paired with zeros.
 fn interleave(patches: &[i16], plane: usize, padded: usize, interleaved: &mut [i16]) {
@@ -218,23 +202,22 @@ mod avx2 {
     ) {
         assert!(padded.is_multiple_of(8) && acc.len() >= padded);
         assert!(interleaved.len() >= weights.len() * padded * 2);
-        let broadcast: Vec<__m256i> = weights.iter().map(|&w| _mm256_set1_epi32(w)).collect();
         let vbias = _mm256_set1_epi32(bias);
         let base = interleaved.as_ptr();
         let out = acc.as_mut_ptr() as *mut __m256i;
         // Each vector holds 8 output positions (16 i16); `p` counts vectors.
         let vectors = padded / 8;
-        let row_vectors = padded * 2 / 16;
         let mut p = 0;
         while p + 4 <= vectors {
             let mut sums = [vbias; 4];
-            for (r, w) in broadcast.iter().enumerate() {
+            for (r, &w) in weights.iter().enumerate() {
+                let w = _mm256_set1_epi32(w);
                 let row = base.wrapping_add(r * padded * 2) as *const __m256i;
                 for (k, sum) in sums.iter_mut().enumerate() {
-                    // SAFETY: vector `p + k < row_vectors` of row `r < weights.len()` lies
-                    // inside `interleaved` (asserted above).
+                    // SAFETY: vector `p + k < vectors` of row `r < weights.len()` lies inside
+                    // `interleaved` (asserted above).
                     let v = unsafe { _mm256_loadu_si256(row.add(p + k)) };
-                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(v, *w));
+                    *sum = _mm256_add_epi32(*sum, _mm256_madd_epi16(v, w));
                 }
             }
             for (k, sum) in sums.into_iter().enumerate() {
@@ -245,12 +228,11 @@ mod avx2 {
         }
         while p < vectors {
             let mut sum = vbias;
-            for (r, w) in broadcast.iter().enumerate() {
+            for (r, &w) in weights.iter().enumerate() {
                 let row = base.wrapping_add(r * padded * 2) as *const __m256i;
-                debug_assert!(p < row_vectors);
                 // SAFETY: as above.
                 let v = unsafe { _mm256_loadu_si256(row.add(p)) };
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(v, *w));
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(v, _mm256_set1_epi32(w)));
             }
             // SAFETY: as above.
             unsafe { _mm256_storeu_si256(out.add(p), sum) };

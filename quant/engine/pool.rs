@@ -3,8 +3,7 @@
 use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::packed_conv::host_i32;
-use crate::backend::is_host_device;
+use crate::backend::{host_i32, is_host_device};
 
 /// ReLU on the grid: `max(q, Z)` where `Z` is the zero point (real 0).
 pub fn int_relu<const D: usize>(q: Tensor<D, Int>, zero_point: i32) -> Tensor<D, Int> {

@@ -3,8 +3,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::fixed_point::{FixedPointMultiplier, requantize, requantize_uniform};
-use super::packed_conv::host_i32;
-use crate::backend::is_host_device;
+use crate::backend::{host_i32, is_host_device};
 
 /// Maps an i32 accumulator with scale `Si·Sw[c]` to the output grid:
 /// `clamp(M[c]·acc + Zo, qmin, qmax)` with `M[c] = Si·Sw[c]/So` in fixed point.

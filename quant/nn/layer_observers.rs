@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::{Mode, QConfig, QTensor, QValue, Quantized};
+use crate::backend::host_i32;
 use crate::engine::Requantizer;
 use crate::export::{ActivationGrid, ExportOp, IntBias, IntWeight, not_integer};
 use crate::fake_quant::fake_quant_on_grid;
@@ -207,7 +208,7 @@ impl LayerObservers {
         let (scale, zero_point) = weight_qparams.to_host();
         let shape = weight.dims().to_vec();
         let frozen = self.freeze_weights(weight.clone(), bias, input)?;
-        let values = host_ints(quantize(weight, &weight_qparams));
+        let values = host_i32(quantize(weight, &weight_qparams)).to_vec();
         let (si, _) = host_scalar(input);
         let int_weight = IntWeight {
             values,
@@ -219,7 +220,7 @@ impl LayerObservers {
             zero_point,
         };
         let int_bias = IntBias {
-            values: host_ints(frozen.bias),
+            values: host_i32(frozen.bias).to_vec(),
             scale: scale.iter().map(|&sw| si * sw).collect(),
         };
         ops.push(layer(int_weight, int_bias));
@@ -336,14 +337,6 @@ fn freeze_bias(bias: Tensor<1>, si: f32, sw: &[f32]) -> Tensor<1, Int> {
         .collect();
     let n = ints.len();
     Tensor::from_data(TensorData::new(ints, [n]), &device)
-}
-
-/// The integers of `q` on the host, row-major.
-fn host_ints<const D: usize>(q: Tensor<D, Int>) -> Vec<i32> {
-    q.into_data()
-        .convert::<i32>()
-        .try_to_vec::<i32>()
-        .expect("i32 after conversion")
 }
 
 /// Per-tensor scale and zero point on the host; activations are always per tensor.

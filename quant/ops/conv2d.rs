@@ -116,6 +116,22 @@ pub(super) trait HostSlice: Backend {
     }
 }
 
+/// The result of a CPU backend's tensor read: an `async fn` without an await point, ready at
+/// the first poll.
+///
+/// # Panics
+/// When the read is not ready at once or fails (neither happens on Flex or NdArray).
+pub(super) fn read_now<E>(
+    read: impl std::future::Future<Output = Result<TensorData, E>>,
+) -> TensorData {
+    let read = std::pin::pin!(read);
+    let context = &mut std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(read, context) {
+        std::task::Poll::Ready(Ok(data)) => data,
+        _ => panic!("a CPU backend's tensor read completes at once"),
+    }
+}
+
 /// `[usize; 4]` of a rank-4 primitive.
 fn dims4<B: Backend>(t: &FloatTensor<B>) -> Option<[usize; 4]> {
     t.shape().as_slice().try_into().ok()
@@ -237,12 +253,7 @@ host_direct_conv!(burn::backend::Flex);
 #[cfg(feature = "ndarray")]
 impl HostSlice for burn::backend::NdArray {
     fn with_host<R>(t: &FloatTensor<Self>, f: impl FnOnce(&[f32]) -> R) -> R {
-        // NdArray's read is an `async fn` without an await point: ready at the first poll.
-        let read = std::pin::pin!(Self::float_into_data(t.clone()));
-        let context = &mut std::task::Context::from_waker(std::task::Waker::noop());
-        let std::task::Poll::Ready(Ok(data)) = std::future::Future::poll(read, context) else {
-            panic!("NdArray's tensor read completes at once");
-        };
+        let data = read_now(Self::float_into_data(t.clone()));
         f(data.as_slice::<f32>().expect("f32 tensor"))
     }
 }

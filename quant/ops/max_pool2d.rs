@@ -6,7 +6,6 @@
 // `NdArray` is deprecated by Burn but still supported here behind its feature.
 #![allow(deprecated)]
 
-use burn::backend::ops::IntTensorOps;
 use burn::backend::{
     Backend, Dispatch, TensorMetadata, backend_extension,
     tensor::{FloatTensor, IntTensor},
@@ -14,7 +13,7 @@ use burn::backend::{
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{DType, IntDType, Tensor, TensorData};
 
-use super::conv2d::HostSlice;
+use super::conv2d::{HostSlice, read_now};
 use super::max_pool_kernels::{self, PoolDims};
 use crate::backend::is_host_device;
 
@@ -140,31 +139,22 @@ fn plan<B: Backend>(x: &FloatTensor<B>, options: &MaxPoolOptions<2>) -> Option<P
     PoolDims::new(x.shape().as_slice().try_into().ok()?, options)
 }
 
-/// Host access to a CPU backend's integer tensors (the argmax indices).
-pub(super) trait HostIndices: HostSlice {
-    /// The values of `t` as i32.
-    fn host_indices(t: IntTensor<Self>) -> Vec<i32>;
-    /// An integer tensor of `shape` holding `values`.
-    fn indices_from_host(values: Vec<i32>, shape: Vec<usize>) -> IntTensor<Self> {
-        Self::int_from_data(TensorData::new(values, shape), &Default::default())
-    }
+/// The argmax indices of a CPU backend, as i32 on the host.
+fn host_indices<B: Backend>(t: IntTensor<B>) -> Vec<i32> {
+    read_now(B::int_into_data(t))
+        .convert::<i32>()
+        .to_vec::<i32>()
+        .expect("i32 indices")
+}
+
+/// An integer tensor of `shape` holding `values` (the CPU backends have one device).
+fn indices_from_host<B: Backend>(values: Vec<i32>, shape: Vec<usize>) -> IntTensor<B> {
+    B::int_from_data(TensorData::new(values, shape), &Default::default())
 }
 
 /// Implements [`HostMaxPoolBackend`] for a backend with host memory.
 macro_rules! host_max_pool {
     ($backend:ty) => {
-        impl HostIndices for $backend {
-            fn host_indices(t: IntTensor<Self>) -> Vec<i32> {
-                let read = std::pin::pin!(Self::int_into_data(t));
-                let context = &mut std::task::Context::from_waker(std::task::Waker::noop());
-                let std::task::Poll::Ready(Ok(data)) = std::future::Future::poll(read, context)
-                else {
-                    panic!("a CPU backend's tensor read completes at once");
-                };
-                data.convert::<i32>().to_vec::<i32>().expect("i32 indices")
-            }
-        }
-
         impl HostMaxPoolBackend for $backend {
             fn host_max_pool2d(
                 x: FloatTensor<Self>,
@@ -190,7 +180,7 @@ macro_rules! host_max_pool {
                 let shape = dims.output_shape().to_vec();
                 (
                     Self::from_host(y, shape.clone()),
-                    Self::indices_from_host(indices, shape),
+                    indices_from_host::<Self>(indices, shape),
                 )
             }
 
@@ -202,7 +192,7 @@ macro_rules! host_max_pool {
             ) -> FloatTensor<Self> {
                 match plan::<Self>(&x, &options) {
                     Some(dims) => {
-                        let indices = Self::host_indices(indices);
+                        let indices = host_indices::<Self>(indices);
                         let gx = Self::with_host(&output_grad, |gy| {
                             max_pool_kernels::backward(&dims, gy, &indices)
                         });
