@@ -12,6 +12,7 @@ mod observer;
 pub mod ops;
 mod qparams;
 mod range;
+mod running;
 mod scheme;
 mod simd;
 mod windows;

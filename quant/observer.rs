@@ -5,6 +5,7 @@ use burn::module::{Flag, Module, ModuleMapper, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 
 use crate::ops::finite_extremes;
+use crate::running;
 use crate::{
     Granularity, QParams, QScheme, QuantError, RangeEstimator, Ste, bipolar_fake_quant, fake_quant,
     lsq_fake_quant, lsq_grad_scale,
@@ -175,27 +176,36 @@ impl MinMaxObserver {
     }
 
     /// Widens (running) or moves (EMA) the range with the values of `x`.
+    ///
+    /// Replicas of a model on several devices share this state: each replica's batch is merged
+    /// into the state the previous one left, one at a time (see the crate's multi-device notes
+    /// in the README). The running range then ends every step at the range of the union of the
+    /// replicas' batches; EMA takes each replica's batch as one update.
     pub fn update<const D: usize>(&self, x: &Tensor<D>) {
         if x.shape().num_elements() == 0 {
             return;
         }
         let (batch_min, batch_max) = self.batch_range(x.clone().detach());
-        let (min, max) = (self.min.value_sync(), self.max.value_sync());
-        let updates = self.updates.value_sync();
-        let (min, max) = match self.ema_momentum {
-            None => (min.min_pair(batch_min), max.max_pair(batch_max)),
-            Some(m) => {
-                // Weight 1 on the first batch, `m` afterwards.
-                let weight = updates.clone().equal_elem(0.0).float() * (1.0 - m) + m;
-                (
-                    min.clone() + (batch_min - min) * weight.clone(),
-                    max.clone() + (batch_max - max) * weight,
-                )
-            }
-        };
-        commit(&self.min, min);
-        commit(&self.max, max);
-        commit(&self.updates, updates + 1.0);
+        let device = batch_min.device();
+        running::exclusive(|| {
+            let min = running::read(&self.min, &device);
+            let max = running::read(&self.max, &device);
+            let updates = running::read(&self.updates, &device);
+            let (min, max) = match self.ema_momentum {
+                None => (min.min_pair(batch_min), max.max_pair(batch_max)),
+                Some(m) => {
+                    // Weight 1 on the first batch, `m` afterwards.
+                    let weight = updates.clone().equal_elem(0.0).float() * (1.0 - m) + m;
+                    (
+                        min.clone() + (batch_min - min) * weight.clone(),
+                        max.clone() + (batch_max - max) * weight,
+                    )
+                }
+            };
+            running::commit(&self.min, min);
+            running::commit(&self.max, max);
+            running::commit(&self.updates, updates + 1.0);
+        });
     }
 
     /// The batch's range per channel or per tensor, as the [`RangeEstimator`] takes it (NaN
@@ -246,7 +256,13 @@ impl MinMaxObserver {
     }
 
     fn range_qparams(&self) -> QParams {
-        let (min, max) = self.range();
+        self.range_qparams_on(&self.min.value().device())
+    }
+
+    /// The range's parameters on `device` (a replica's, when several share this state).
+    fn range_qparams_on(&self, device: &Device) -> QParams {
+        let min = running::read(&self.min, device);
+        let max = running::read(&self.max, device);
         QParams::from_range(min, max, self.scheme)
     }
 
@@ -257,13 +273,19 @@ impl MinMaxObserver {
         if self.is_observing() || self.updates.value_sync().into_scalar::<f32>() == 0.0 {
             return None;
         }
-        let mut initial = learned.initial.value_sync();
-        if initial.clone().sum().into_scalar::<f32>() == 0.0 {
+        // The first replica to get here stores `k` and `Z`; the others read them.
+        let initial = running::exclusive(|| {
+            let initial = learned.initial.value_sync();
+            if initial.clone().sum().into_scalar::<f32>() != 0.0 {
+                return initial;
+            }
             let range = self.range_qparams();
-            commit(&learned.initial, range.scale.clone().detach());
-            commit(&learned.zero_point, range.zero_point.detach());
-            initial = range.scale.detach();
-        }
+            running::commit(&learned.initial, range.scale.clone().detach());
+            running::commit(&learned.zero_point, range.zero_point.detach());
+            range.scale.detach()
+        });
+        let device = learned.multiplier.device();
+        let initial = initial.to_device(&device);
         // A step must stay positive: `p` is floored at MIN_MULTIPLIER (no gradient below it).
         let p = learned.multiplier.val().clamp_min(MIN_MULTIPLIER);
         // Forward `p`, gradient `dL/dp / k²`: then `S = k ⊙ p` moves as LSQ's step under SGD.
@@ -271,7 +293,7 @@ impl MinMaxObserver {
         let p = p.clone() * damping.clone() - (p.clone() * damping).detach() + p.detach();
         Some(QParams {
             scale: initial * p,
-            zero_point: learned.zero_point.value_sync(),
+            zero_point: running::read(&learned.zero_point, &device),
             scheme: self.scheme,
         })
     }
@@ -307,7 +329,7 @@ impl MinMaxObserver {
                 );
                 (qparams, Some(grad_scale))
             }
-            None => (self.range_qparams(), None),
+            None => (self.range_qparams_on(&x.device()), None),
         };
         let y = match (self.scheme.is_bipolar(), learned_grad_scale) {
             (true, g) => bipolar_fake_quant(x, &qparams, self.ste, g.unwrap_or(1.0)),
@@ -316,13 +338,6 @@ impl MinMaxObserver {
         };
         (y, qparams)
     }
-}
-
-/// Stores a new value so that it is visible at once, also to `save_file` and `into_record`
-/// (which read the committed value, not the per-thread pending one).
-pub(crate) fn commit(state: &RunningState<Tensor<1>>, value: Tensor<1>) {
-    state.update(value);
-    let _ = state.value_sync();
 }
 
 /// Switches observing on or off in every [`MinMaxObserver`] of a module tree.

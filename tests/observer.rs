@@ -141,3 +141,50 @@ fn long_rows_with_non_finite_values_on_autodiff() {
     per_tensor.update(&x);
     assert_eq!(range(&per_tensor), (vec![-4.0], vec![25.0]));
 }
+
+/// Replicas of a model (clones, as Burn's multi-device strategy makes them, one thread each)
+/// share the observer state: every replica's batch must be merged, none lost or averaged.
+#[test]
+fn replicas_on_threads_merge_every_batch_into_the_shared_range() {
+    const THREADS: usize = 4;
+    const BATCHES: usize = 25;
+    let device = device();
+    for ema in [None, Some(0.25)] {
+        let config = MinMaxObserverConfig::new(QScheme::affine(8).unwrap());
+        let config = match ema {
+            Some(m) => config.with_ema_momentum(m),
+            None => config,
+        };
+        let observer = config.init(&device);
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let replica = observer.clone();
+                let device = device.clone();
+                scope.spawn(move || {
+                    for b in 0..BATCHES {
+                        // A range every batch of every replica contributes to: [-v, v].
+                        let v = (t * BATCHES + b + 1) as f32;
+                        replica.update(&Tensor::<1>::from_floats([-v, 0.5 * v, v], &device));
+                    }
+                });
+            }
+        });
+        let updates = to_vec(observer.updates.value())[0];
+        assert_eq!(
+            updates,
+            (THREADS * BATCHES) as f32,
+            "ema {ema:?}: lost updates"
+        );
+        let (min, max) = range(&observer);
+        if ema.is_none() {
+            let top = (THREADS * BATCHES) as f32;
+            assert_eq!((min, max), (vec![-top], vec![top]), "the union's range");
+        } else {
+            // Every EMA range is a convex combination of batch ranges, so it is symmetric.
+            assert_eq!(
+                min[0], -max[0],
+                "ema: updates interleaved inside one another"
+            );
+        }
+    }
+}

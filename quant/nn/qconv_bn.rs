@@ -11,7 +11,7 @@ use super::{LayerObservers, QConfig, QTensor, QValue, Quantized};
 use crate::QParams;
 use crate::QuantError;
 use crate::engine::{IntConv2d, int_relu};
-use crate::observer::commit;
+use crate::running;
 
 /// Configuration of a [`QConvBn`]: Burn's [`Conv2dConfig`] and [`BatchNormConfig`], whether a
 /// ReLU follows, and the quantization settings.
@@ -218,12 +218,16 @@ impl QConvBn {
         let (var, mean) = rows.var_mean(1);
         let (mean, var) = (mean.reshape([channels]), var.reshape([channels]));
         let m = self.bn.momentum;
-        let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
-            let running = state.value_sync() * (1.0 - m) + batch.without_autodiff() * m;
-            commit(state, running);
-        };
-        update(&self.bn.running_mean, mean.clone());
-        update(&self.bn.running_var, var.clone());
+        // One replica at a time (they share the statistics): each batch is one update.
+        running::exclusive(|| {
+            let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+                let batch = batch.without_autodiff();
+                let old = running::read(state, &batch.device());
+                running::commit(state, old * (1.0 - m) + batch * m);
+            };
+            update(&self.bn.running_mean, mean.clone());
+            update(&self.bn.running_var, var.clone());
+        });
         (mean, var)
     }
 

@@ -112,6 +112,7 @@ pub fn summarize(times: &BTreeMap<String, f64>, backends: &[String]) -> Value {
                 "qat_epoch_s": qat_step.map(|s| s * BATCHES_PER_EPOCH),
                 "float_images_per_s": float_step.map(|s| 64.0 / s),
                 "qat_images_per_s": qat_step.map(|s| 64.0 / s),
+                "learner_over_loop_epoch": ratio(t("epoch", "learner"), t("epoch", "loop")),
                 "int_over_float_images_per_s_b1": ratio(t("inference", "float/1"), t("inference", "integer/1")),
                 "int_over_float_images_per_s_b256": ratio(t("inference", "float/256"), t("inference", "integer/256")),
                 "int_images_per_s_b256": t("inference", "integer/256").map(|s| 256.0 / s),

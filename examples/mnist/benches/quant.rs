@@ -1,6 +1,6 @@
 //! Criterion benchmarks, each a pair measured in the same run so that it can be reported as a
 //! ratio: fake-quant vs a plain elementwise op, a QAT training step vs a float one, integer
-//! engine vs float inference. Runs on every enabled backend, or on those listed in
+//! engine vs float inference, an epoch of the pipeline's loop vs burn-train's `Learner`. Runs on every enabled backend, or on those listed in
 //! `BURN_QUANT_BENCH_BACKENDS` (comma-separated). `cargo xtask bench` runs it and writes
 //! `bench.json` and `bench.md`.
 
@@ -12,7 +12,11 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_quant::backend::{BackendKind, enabled_backends};
 use burn_quant::nn::{Mode, QConfig};
 use burn_quant::{QParams, QScheme, Ste, fake_quant, freeze};
+use burn_quant_mnist::Dataset;
+use burn_quant_mnist::data::{IMAGE_PIXELS, MnistSplit};
+use burn_quant_mnist::learner::{Classifier, LearnerConfig, fit};
 use burn_quant_mnist::models::{MnistModel, Net};
+use burn_quant_mnist::train::{TrainConfig, train};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
@@ -143,5 +147,60 @@ fn inference(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, elementwise, train_step, inference);
+/// Images of the mini-epoch of [`epoch`]: 32 batches of 64.
+const EPOCH_IMAGES: usize = 32 * 64;
+
+/// One QAT epoch over the same images (32 batches of 64, SGD with momentum, in order) with the
+/// pipeline's loop (`loop`) and with burn-train's `Learner` (`learner`: with its metrics,
+/// checkpoint, and a validation pass over 64 images).
+fn epoch(c: &mut Criterion) {
+    let qconfig = QConfig::reference(8).unwrap();
+    let labels: Vec<u8> = (0..EPOCH_IMAGES).map(|i| (i % 10) as u8).collect();
+    let pixels = (0..EPOCH_IMAGES * IMAGE_PIXELS)
+        .map(|i| (i * 7 % 256) as u8)
+        .collect();
+    let split = MnistSplit { pixels, labels };
+    let valid = split.take(64);
+    let config = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::reference_qat()
+    };
+    let artifact_dir = std::env::temp_dir().join("burn-quant-bench-learner");
+    for kind in backends() {
+        let device = kind.device();
+        let ad = device.clone().autodiff();
+        let data = Dataset::from_mnist(&split, &device);
+        let mut group = c.benchmark_group(format!("epoch/{}", kind.name()));
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(EPOCH_IMAGES as u64));
+        group.bench_function("loop", |b| {
+            b.iter(|| {
+                let forward = |m: &Net, x| m.logits(x, Mode::FakeQuant);
+                let net = Net::new(&qconfig, &ad);
+                let net = train(net, &data, &config, forward, &mut |m, _| m, &mut |_| {});
+                sync(&net.devices()[0]);
+            })
+        });
+        let learner = LearnerConfig {
+            epochs: 1,
+            lr: config.lr,
+            momentum: config.momentum,
+            batch_size: config.batch_size,
+            shuffle_seed: None,
+            devices: vec![device.clone()],
+            artifact_dir: artifact_dir.clone(),
+        };
+        group.bench_function("learner", |b| {
+            b.iter(|| {
+                let _ = std::fs::remove_dir_all(&artifact_dir);
+                let net = Classifier::new(Net::new(&qconfig, &ad), Mode::FakeQuant);
+                let net = fit(net, &split, &valid, &learner);
+                sync(&net.devices()[0]);
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, elementwise, train_step, inference, epoch);
 criterion_main!(benches);

@@ -11,6 +11,7 @@ mod dataset;
 #[cfg(feature = "download")]
 pub mod download;
 pub mod experiment;
+pub mod learner;
 pub mod models;
 pub mod train;
 

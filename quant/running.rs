@@ -1,0 +1,44 @@
+//! Read-modify-write of running state (observer ranges, BatchNorm statistics) that the replicas
+//! of a model share.
+//!
+//! Burn's multi-device training clones the model for every device; the clones share each
+//! [`RunningState`] (one value behind an `Arc`), and every replica's forward runs on its own
+//! thread. Burn's `RunningState::update` keeps one pending value per thread and averages them
+//! at the next sync, which is right for nothing an observer keeps (the running range of two
+//! batches is the min of the mins and the max of the maxes, not their mean) and loses updates
+//! when two replicas read the same old value. Every update of burn-quant's running state
+//! therefore reads, computes and stores under one process-wide lock ([`exclusive`]) and
+//! stores with [`commit`], so that each replica's batch is merged into the state the previous
+//! one left: running min/max then end each step at the range of the union of the devices'
+//! batches, whatever their order.
+
+use std::sync::Mutex;
+
+use burn::module::RunningState;
+use burn::tensor::{Device, Tensor};
+
+/// Serializes every read-modify-write of shared running state. It guards no data of its own.
+static STATE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Runs `update` while no other thread updates running state.
+pub(crate) fn exclusive<R>(update: impl FnOnce() -> R) -> R {
+    // A panic in another update leaves no broken invariant behind this lock: go on.
+    let _guard = STATE_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    update()
+}
+
+/// The committed value of `state`, on `device` (the replica's: the shared value lives on the
+/// device of whichever replica stored it last).
+pub(crate) fn read<const D: usize>(state: &RunningState<Tensor<D>>, device: &Device) -> Tensor<D> {
+    state.value_sync().to_device(device)
+}
+
+/// Stores a new value so that it is visible at once, also to `save_file` and `into_record`
+/// (which read the committed value, not the per-thread pending one). Call it inside
+/// [`exclusive`] when the new value depends on the old one.
+pub(crate) fn commit<const D: usize>(state: &RunningState<Tensor<D>>, value: Tensor<D>) {
+    state.update(value);
+    let _ = state.value_sync();
+}
