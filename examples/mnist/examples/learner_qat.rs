@@ -17,7 +17,7 @@ use burn_quant::default_device;
 use burn_quant::nn::{Mode, QConfig};
 use burn_quant_mnist::Dataset;
 use burn_quant_mnist::data::Mnist;
-use burn_quant_mnist::experiment::{evaluate, float_accuracy};
+use burn_quant_mnist::experiment::{PipelineConfig, evaluate, float_accuracy};
 use burn_quant_mnist::learner::{Classifier, LearnerConfig, fit};
 use burn_quant_mnist::models::{MnistModel, Net};
 use clap::Parser;
@@ -68,8 +68,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     };
 
     // 1. Float pre-training (the quantization settings are not used in float mode).
-    let qconfig = QConfig::reference(args.bits)?;
-    let net = Net::new(&qconfig, &device.clone().autodiff());
+    let net = Net::new(&QConfig::reference(8)?, &device.clone().autodiff());
     let float = fit(
         Classifier::new(net, Mode::Float),
         &train,
@@ -77,9 +76,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         &learner(args.float_epochs, 0.01, "float"),
     );
 
-    // 2. QAT from the float weights: observers calibrate on the first batches and keep
-    //    observing (running min/max), the straight-through estimator trains the weights.
-    let qnet = float.model.clone().train().with_qconfig(&qconfig)?;
+    // 2. QAT from the float weights with the pipeline's settings (the bias quantized as the
+    //    integer engine stores it, bit-exact evaluation): observers calibrate on the first
+    //    batches and keep observing (running min/max), the STE trains the weights.
+    let qnet = PipelineConfig::reference().quantized(&float.model.clone().train(), args.bits)?;
     let qat = fit(
         Classifier::new(qnet, Mode::FakeQuant),
         &train,

@@ -74,7 +74,7 @@ impl PipelineConfig {
     }
 
     /// `net`'s weights in a model quantized at `bits` with these settings, observing on.
-    fn quantized<M: MnistModel>(&self, net: &M, bits: u32) -> Result<M, QuantError> {
+    pub fn quantized<M: MnistModel>(&self, net: &M, bits: u32) -> Result<M, QuantError> {
         Ok(net
             .with_qconfig(&self.qconfig(bits)?)?
             .with_integer_logits(self.integer_logits))
