@@ -245,7 +245,11 @@ impl MinMaxObserver {
 
     /// The current range `(min, max)` (not yet widened to contain 0).
     pub fn range(&self) -> (Tensor<1>, Tensor<1>) {
-        (self.min.value_sync(), self.max.value_sync())
+        let device = self.min.value().device();
+        (
+            running::read(&self.min, &device),
+            running::read(&self.max, &device),
+        )
     }
 
     /// Quantization parameters: of the learned step while it is in use, else of the current

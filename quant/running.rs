@@ -11,14 +11,49 @@
 //! stores with [`commit`], so that each replica's batch is merged into the state the previous
 //! one left: running min/max then end each step at the range of the union of the devices'
 //! batches, whatever their order.
+//!
+//! Once running state has been used from more than one thread, [`read`] goes through host
+//! memory: Burn 0.22.1's fusion (wgpu) can reuse the buffer of a tensor that another thread's
+//! stream produced while it is still read, which lost updates and mixed states in
+//! `tests/observer.rs` (threads sharing one observer). A program that trains on one thread
+//! never pays for it.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, ThreadId};
 
 use burn::module::RunningState;
 use burn::tensor::{Device, Tensor};
 
 /// Serializes every read-modify-write of shared running state. It guards no data of its own.
 static STATE_LOCK: Mutex<()> = Mutex::new(());
+
+/// Set once running state has been used from a second thread.
+static SHARED_ACROSS_THREADS: AtomicBool = AtomicBool::new(false);
+
+/// The thread that used running state last, until a second one does.
+static LAST_THREAD: Mutex<Option<ThreadId>> = Mutex::new(None);
+
+/// Records the current thread; whether running state is (or was) used from several threads.
+fn shared_across_threads() -> bool {
+    if SHARED_ACROSS_THREADS.load(Ordering::Acquire) {
+        return true;
+    }
+    let mut last = LAST_THREAD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let current = thread::current().id();
+    match *last {
+        Some(thread) if thread != current => {
+            SHARED_ACROSS_THREADS.store(true, Ordering::Release);
+            true
+        }
+        _ => {
+            *last = Some(current);
+            false
+        }
+    }
+}
 
 /// Runs `update` while no other thread updates running state.
 pub(crate) fn exclusive<R>(update: impl FnOnce() -> R) -> R {
@@ -32,13 +67,19 @@ pub(crate) fn exclusive<R>(update: impl FnOnce() -> R) -> R {
 /// The committed value of `state`, on `device` (the replica's: the shared value lives on the
 /// device of whichever replica stored it last).
 pub(crate) fn read<const D: usize>(state: &RunningState<Tensor<D>>, device: &Device) -> Tensor<D> {
-    state.value_sync().to_device(device)
+    let value = state.value_sync();
+    match shared_across_threads() {
+        // A fresh tensor of this thread's (see the module's notes).
+        true => Tensor::from_data(value.into_data(), device),
+        false => value.to_device(device),
+    }
 }
 
 /// Stores a new value so that it is visible at once, also to `save_file` and `into_record`
 /// (which read the committed value, not the per-thread pending one). Call it inside
 /// [`exclusive`] when the new value depends on the old one.
 pub(crate) fn commit<const D: usize>(state: &RunningState<Tensor<D>>, value: Tensor<D>) {
+    let _ = shared_across_threads();
     state.update(value);
     let _ = state.value_sync();
 }

@@ -199,9 +199,10 @@ impl QConvBn {
 
     /// Weight and bias folded with the running statistics.
     pub fn fold_running(&self) -> (Tensor<4>, Tensor<1>) {
+        let device = self.conv.weight.device();
         self.fold(
-            self.bn.running_mean.value_sync(),
-            self.bn.running_var.value_sync(),
+            running::read(&self.bn.running_mean, &device),
+            running::read(&self.bn.running_var, &device),
         )
     }
 
