@@ -245,10 +245,14 @@ impl MinMaxObserver {
 
     /// The current range `(min, max)` (not yet widened to contain 0).
     pub fn range(&self) -> (Tensor<1>, Tensor<1>) {
-        let device = self.min.value().device();
+        self.range_on(&self.min.value().device())
+    }
+
+    /// The current range on `device` (a replica's, when several share this state).
+    fn range_on(&self, device: &Device) -> (Tensor<1>, Tensor<1>) {
         (
-            running::read(&self.min, &device),
-            running::read(&self.max, &device),
+            running::read(&self.min, device),
+            running::read(&self.max, device),
         )
     }
 
@@ -265,8 +269,7 @@ impl MinMaxObserver {
 
     /// The range's parameters on `device` (a replica's, when several share this state).
     fn range_qparams_on(&self, device: &Device) -> QParams {
-        let min = running::read(&self.min, device);
-        let max = running::read(&self.max, device);
+        let (min, max) = self.range_on(device);
         QParams::from_range(min, max, self.scheme)
     }
 
@@ -278,18 +281,17 @@ impl MinMaxObserver {
             return None;
         }
         // The first replica to get here stores `k` and `Z`; the others read them.
+        let device = learned.multiplier.device();
         let initial = running::exclusive(|| {
-            let initial = learned.initial.value_sync();
+            let initial = running::read(&learned.initial, &device);
             if initial.clone().sum().into_scalar::<f32>() != 0.0 {
                 return initial;
             }
-            let range = self.range_qparams();
+            let range = self.range_qparams_on(&device);
             running::commit(&learned.initial, range.scale.clone().detach());
             running::commit(&learned.zero_point, range.zero_point.detach());
             range.scale.detach()
         });
-        let device = learned.multiplier.device();
-        let initial = initial.to_device(&device);
         // A step must stay positive: `p` is floored at MIN_MULTIPLIER (no gradient below it).
         let p = learned.multiplier.val().clamp_min(MIN_MULTIPLIER);
         // Forward `p`, gradient `dL/dp / k²`: then `S = k ⊙ p` moves as LSQ's step under SGD.
