@@ -4,10 +4,12 @@
 //! ```text
 //! cargo run --release -p burn-quant-mnist --example learner_qat -- --bits 4
 //! cargo run --release -p burn-quant-mnist --example learner_qat -- --devices 2
+//! cargo run --release -p burn-quant-mnist --features tui --example learner_qat
 //! ```
 //!
-//! The `Learner`'s dashboard (feature `tui`, on by default) shows the metrics when stdout is a
-//! terminal; checkpoints and metric logs go to `--out` (`float/` and `qat/`).
+//! The `Learner`'s dashboard (feature `tui`, off by default) shows the metrics when stdout is a
+//! terminal, its text renderer otherwise; checkpoints and metric logs go to `--out` (`float/`
+//! and `qat/`).
 
 use std::error::Error;
 use std::path::PathBuf;

@@ -74,9 +74,9 @@ fn learner_pretrains_float_then_qat_and_the_integer_engine_agrees() {
     // A CI budget: the full-size runs are the pipeline's and the sweep's.
     // Float accuracy reached on that budget with a working loop (fixed seeds): well above
     // chance, below what the full pipeline reaches.
-    let (train_images, min_float_accuracy) = match default_backend() {
-        Ok(BackendKind::Flex) => (6_000, 0.8),
-        _ => (1_600, 0.6),
+    let (train_images, test_images, min_float_accuracy) = match default_backend() {
+        Ok(BackendKind::Flex) => (6_000, 2_000, 0.8),
+        _ => (1_600, 500, 0.6),
     };
     let (train, valid) = mnist.train.take(train_images + 500).split_last(500);
     let device = device();
@@ -105,7 +105,7 @@ fn learner_pretrains_float_then_qat_and_the_integer_engine_agrees() {
         assert!(checkpoint.exists(), "missing {}", checkpoint.display());
     }
 
-    let test = Dataset::from_mnist(&mnist.test.take(2_000), &device);
+    let test = Dataset::from_mnist(&mnist.test.take(test_images), &device);
     let float_accuracy = experiment::float_accuracy(&float.model, &test, 500);
     eprintln!("float accuracy {float_accuracy}");
     assert!(

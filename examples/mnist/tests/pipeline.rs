@@ -4,9 +4,10 @@
 //! On the default CPU backend (flex) the fixtures are full size: `Net` trains for 8 epochs on
 //! the whole training set (98.5 %), `NetBN` for 1 epoch on 20,000 images. ndarray (deprecated
 //! upstream, several times slower) and wgpu (lavapipe, a software device, in CI) run the same
-//! tests on a reduced fixture (1 epoch on 3,200 images, 1,000 test images), which keeps the
-//! suite within CI time: the agreement of the integer engine with the fake-quantized model is
-//! checked on every backend, the accuracy targets, which need a well-trained model, only at
+//! tests on a reduced fixture (1 epoch on 3,200 images, 500 test images, 10 calibration
+//! batches where calibration length does not matter), which keeps the suite within CI time:
+//! the agreement of the integer engine with the fake-quantized model is checked on every
+//! backend at every bit width, the accuracy targets, which need a well-trained model, only at
 //! full size.
 //! `BURN_QUANT_TEST_SCALE=full|reduced` overrides the choice.
 
@@ -48,7 +49,7 @@ fn build<M: MnistModel>(train_images: usize, epochs: usize) -> Fixture<M> {
     let (train_images, test_images, epochs) = if full {
         (train_images, 10_000, epochs)
     } else {
-        (3_200, 1_000, 1)
+        (3_200, 500, 1)
     };
     let device = device();
     let train = Dataset::from_mnist(&mnist.train.take(train_images), &device);
@@ -91,9 +92,10 @@ fn skip_unless_full<M>(f: &Fixture<M>, what: &str) -> bool {
 /// Logits: bit-exact evaluation equals the engine, float evaluation is within one LSB; the
 /// same prediction on at least 99.9 % of the test images, at 2 to 8 bits.
 fn engine_agrees_with_fake_quant<M: MnistModel>(f: &Fixture<M>) {
-    // The agreement does not depend on how long the observers calibrate: 50 batches.
+    // The agreement does not depend on how long the observers calibrate: 50 batches (10 on a
+    // reduced fixture).
     let exact = PipelineConfig {
-        calib_batches: 50,
+        calib_batches: if f.full { 50 } else { 10 },
         ..PipelineConfig::reference()
     };
     assert!(exact.quantize_bias && exact.exact_eval);
