@@ -1,13 +1,12 @@
 //! `cargo xtask bench`: runs the criterion benchmarks and turns each measured pair into the
 //! ratios users compare (`bench.json`, `bench.md`).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
+use crate::cargo::cargo;
 use crate::results::write_atomic;
 use crate::sweep::{utc_now, worker_features};
 
@@ -37,7 +36,7 @@ fn run_criterion(backends: &[String], quick: bool) -> Result<()> {
     } else {
         worker_features("flex")
     };
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = cargo();
     cmd.args([
         "bench",
         "--package",

@@ -1,6 +1,7 @@
 //! burn-quant's task runner: `cargo xtask sweep | plot | check | bench`.
 
 mod bench;
+mod cargo;
 mod methods;
 mod plot;
 mod results;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
+use crate::cargo::cargo;
 use crate::plot::plot;
 use burn_quant_mnist_protocol::WorkerMessage;
 
@@ -250,17 +251,9 @@ const WORKER_BIN: &str = "mnist";
 ///
 /// It is built with the same package selection and targets as the README's test command
 /// (`--workspace`, tests included), so that cargo resolves the same features and the sweep
-/// reuses the test build instead of compiling Burn a second time. The variables that `cargo run`
-/// set for this task runner (`CARGO_PKG_NAME` and the like) are removed: some build scripts
-/// (ring's) rerun when they differ, which recompiled the worker's TLS stack on every sweep.
+/// reuses the test build instead of compiling Burn a second time.
 pub fn build_worker(features: &str) -> Result<PathBuf> {
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(set_by_cargo_run) {
-            cargo.env_remove(name);
-        }
-    }
-    let output = cargo
+    let output = cargo()
         .args(["build", "--release", "--workspace", "--bins", "--tests"])
         .args([
             "--features",
@@ -275,19 +268,6 @@ pub fn build_worker(features: &str) -> Result<PathBuf> {
     }
     worker_executable(&String::from_utf8_lossy(&output.stdout))
         .context("cargo built no `mnist` executable")
-}
-
-/// Whether `cargo run` sets the environment variable `name` for the program it runs (package
-/// metadata of the runner, not settings of the user's).
-fn set_by_cargo_run(name: &str) -> bool {
-    const PREFIXES: [&str; 4] = [
-        "CARGO_PKG_",
-        "CARGO_MANIFEST_",
-        "CARGO_CRATE_",
-        "CARGO_BIN_",
-    ];
-    PREFIXES.iter().any(|prefix| name.starts_with(prefix))
-        || matches!(name, "CARGO_PRIMARY_PACKAGE" | "CARGO_RUSTC_CURRENT_DIR")
 }
 
 /// The executable of the worker among cargo's JSON build messages (the binary itself, not
@@ -466,17 +446,6 @@ mod tests {
         let now = utc_now();
         assert_eq!(now.len(), 20, "{now}");
         assert!(now.starts_with("20") && now.ends_with('Z'));
-    }
-
-    #[test]
-    fn only_the_runners_own_cargo_variables_are_removed() {
-        assert!(set_by_cargo_run("CARGO_PKG_NAME"));
-        assert!(set_by_cargo_run("CARGO_MANIFEST_DIR"));
-        assert!(set_by_cargo_run("CARGO_PRIMARY_PACKAGE"));
-        assert!(!set_by_cargo_run("CARGO_TARGET_DIR"));
-        assert!(!set_by_cargo_run("CARGO_HOME"));
-        assert!(!set_by_cargo_run("CARGO"));
-        assert!(!set_by_cargo_run("RUSTFLAGS"));
     }
 
     #[test]
