@@ -277,7 +277,7 @@ impl MinMaxObserver {
     /// call after calibration stores the range's step and zero point as `k` and `Z`.
     fn learned_qparams(&self) -> Option<QParams> {
         let learned = self.learned.as_ref()?;
-        if self.is_observing() || self.updates.value_sync().into_scalar::<f32>() == 0.0 {
+        if self.is_observing() || self.update_count() == 0.0 {
             return None;
         }
         // The first replica to get here stores `k` and `Z`; the others read them.
@@ -304,10 +304,17 @@ impl MinMaxObserver {
         })
     }
 
+    /// How many batches the range has seen (0 before calibration).
+    fn update_count(&self) -> f32 {
+        running::host_value(&self.updates)
+            .iter::<f32>()
+            .next()
+            .unwrap_or(0.0)
+    }
+
     /// Like [`MinMaxObserver::qparams`], but fails when no data was ever observed.
     pub fn checked_qparams(&self) -> Result<QParams, QuantError> {
-        let updates = self.updates.value_sync().into_scalar::<f32>();
-        if updates == 0.0 {
+        if self.update_count() == 0.0 {
             return Err(QuantError::NotCalibrated);
         }
         Ok(self.qparams())

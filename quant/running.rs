@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, ThreadId};
 
 use burn::module::RunningState;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 /// Serializes every read-modify-write of shared running state. It guards no data of its own.
 static STATE_LOCK: Mutex<()> = Mutex::new(());
@@ -67,12 +67,24 @@ pub(crate) fn exclusive<R>(update: impl FnOnce() -> R) -> R {
 /// The committed value of `state`, on `device` (the replica's: the shared value lives on the
 /// device of whichever replica stored it last).
 pub(crate) fn read<const D: usize>(state: &RunningState<Tensor<D>>, device: &Device) -> Tensor<D> {
-    let value = state.value_sync();
     match shared_across_threads() {
         // A fresh tensor of this thread's (see the module's notes).
-        true => Tensor::from_data(value.into_data(), device),
-        false => value.to_device(device),
+        true => Tensor::from_data(host_value(state), device),
+        false => state.value_sync().to_device(device),
     }
+}
+
+/// The committed value of `state` in host memory.
+///
+/// Reading a tensor by value lets go of it before the read reaches the device's server; another
+/// replica's `fork` (which swaps the shared tensor for its own thread's view on every training
+/// step) could then free the buffer before it is read: Burn 0.22.1's fusion answers "Should have
+/// handle for tensor". A clone kept alive until the data is back keeps the buffer in place.
+pub(crate) fn host_value<const D: usize>(state: &RunningState<Tensor<D>>) -> TensorData {
+    let value = state.value_sync();
+    let data = value.clone().into_data();
+    drop(value);
+    data
 }
 
 /// Stores a new value so that it is visible at once, also to `save_file` and `into_record`

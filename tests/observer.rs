@@ -142,6 +142,31 @@ fn long_rows_with_non_finite_values_on_autodiff() {
     assert_eq!(range(&per_tensor), (vec![-4.0], vec![25.0]));
 }
 
+/// Burn's multi-device training forks the model onto each device on that device's thread, which
+/// replaces the tensor behind the shared state while the other replicas read it: no read may
+/// find that tensor freed under it.
+#[test]
+fn replicas_read_the_shared_range_while_others_fork_it() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 400;
+    let device = device();
+    let observer = MinMaxObserverConfig::new(QScheme::affine(8).unwrap()).init(&device);
+    observer.update(&Tensor::<1>::from_floats([-1.0, 2.0], &device));
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            let (observer, device) = (observer.clone(), device.clone());
+            scope.spawn(move || {
+                for _ in 0..ROUNDS {
+                    let replica = observer.clone().fork(&device);
+                    assert_eq!(range(&replica), (vec![-1.0], vec![2.0]));
+                    let _ = to_vec(replica.qparams().scale);
+                }
+            });
+        }
+    });
+    assert_eq!(range(&observer), (vec![-1.0], vec![2.0]));
+}
+
 /// Replicas of a model (clones, as Burn's multi-device strategy makes them, one thread each)
 /// share the observer state: every replica's batch must be merged, none lost or averaged.
 #[test]
