@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: runs the criterion benchmarks and turns each measured pair into the
 //! ratios users compare (`bench.json`, `bench.md`).
 
-use anyhow::{Context, Result, bail};
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
 use crate::cargo::cargo;
 use crate::results::write_atomic;
