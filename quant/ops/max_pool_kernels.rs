@@ -133,9 +133,7 @@ fn pool_plane_windows(dims: &PoolDims, plane: &[f32], out: &mut [f32], index: &m
             for i in rows.clone() {
                 for j in cols.clone() {
                     let p = position(i, j);
-                    let (v, take) = (plane[p], takes(plane[p], best));
-                    best = select_unpredictable(take, v, best);
-                    at = select_unpredictable(take, p, at);
+                    (best, at) = keep_max((best, at), (plane[p], p));
                 }
             }
             *best_out = best;
@@ -144,10 +142,36 @@ fn pool_plane_windows(dims: &PoolDims, plane: &[f32], out: &mut [f32], index: &m
     }
 }
 
-/// Whether `v` replaces the running maximum `best`: it is larger, or NaN (a NaN propagates).
+/// The running maximum and its position after tap `(v, p)`: the tap replaces it when it is
+/// larger or NaN (a NaN propagates).
+///
+/// Written so that it compiles without a branch: the comparison goes either way about half
+/// of the time on activations, and LLVM turns a plain float select (even one through the
+/// bits, or `select_unpredictable`) into a branch on baseline x86-64, which has no scalar
+/// float select. SSE2 masks (always there on x86-64) choose the float, a conditional move the
+/// position.
 #[inline(always)]
-fn takes(v: f32, best: f32) -> bool {
-    v > best || v.is_nan()
+fn keep_max<P: Copy>((best, at): (f32, P), (v, p): (f32, P)) -> (f32, P) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: SSE and SSE2 are part of every x86-64 CPU.
+        let (kept, taken) = unsafe {
+            let (v, best) = (_mm_set_ss(v), _mm_set_ss(best));
+            let take = _mm_or_ps(_mm_cmpgt_ss(v, best), _mm_cmpunord_ss(v, v));
+            let kept = _mm_or_ps(_mm_and_ps(take, v), _mm_andnot_ps(take, best));
+            (_mm_cvtss_f32(kept), _mm_movemask_ps(take) & 1 == 1)
+        };
+        (kept, select_unpredictable(taken, p, at))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let take = v > best || v.is_nan();
+        (
+            select_unpredictable(take, v, best),
+            select_unpredictable(take, p, at),
+        )
+    }
 }
 
 /// One output row of a 2×2, stride-2 pooling without padding: the input rows start at `rows`
@@ -176,14 +200,12 @@ fn pool_row_two_by_two(
     for (ox, ((t, b), (best_out, at_out))) in windows.zip(slots).enumerate().skip(done) {
         let first = first + 2 * ox as i32;
         let (mut best, mut at) = (t[0], first);
-        for (v, p) in [
+        for tap in [
             (t[1], first + 1),
             (b[0], first + below),
             (b[1], first + below + 1),
         ] {
-            let take = takes(v, best);
-            best = select_unpredictable(take, v, best);
-            at = select_unpredictable(take, p, at);
+            (best, at) = keep_max((best, at), tap);
         }
         *best_out = best;
         *at_out = at;
