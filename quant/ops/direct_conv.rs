@@ -199,14 +199,15 @@ pub(crate) fn forward(dims: &ConvDims, x: &[f32], weight: &[f32], bias: &[f32]) 
                 with_avx2(|| {
                     for group in 0..dims.groups {
                         dims.im2col(x, n, group, patches);
-                        for o in group * per_group..(group + 1) * per_group {
-                            let yo = &mut y[o * plane..(o + 1) * plane];
-                            yo.fill(bias[o]);
-                            let w = &weight[o * k..(o + 1) * k];
-                            for (&wv, row) in w.iter().zip(patches.chunks_exact(plane)) {
-                                axpy(wv, row, yo);
-                            }
-                        }
+                        let channels = group * per_group..(group + 1) * per_group;
+                        let product = Product {
+                            left: &weight[channels.start * k..channels.end * k],
+                            right: &patches[..],
+                            inner: k,
+                            plane,
+                        };
+                        let y = &mut y[channels.start * plane..channels.end * plane];
+                        product.write(&bias[channels.clone()], y);
                     }
                 })
             },
@@ -219,6 +220,14 @@ pub(crate) fn forward(dims: &ConvDims, x: &[f32], weight: &[f32], bias: &[f32]) 
 pub(crate) fn input_grad(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f32> {
     let (plane, k) = (dims.out_plane(), dims.depth() * dims.taps());
     let per_group = dims.out_channels / dims.groups;
+    // Per group, the weight as `[k, per_group]` (the left factor of the patch gradients).
+    let transposed: Vec<f32> = (0..dims.groups)
+        .flat_map(|group| {
+            (0..k).flat_map(move |r| (0..per_group).map(move |o| (group * per_group + o, r)))
+        })
+        .map(|(o, r)| weight[o * k + r])
+        .collect();
+    let zeros = vec![0f32; k];
     let mut out = vec![0f32; dims.in_len()];
     out.par_chunks_mut(dims.in_channels * dims.in_plane())
         .enumerate()
@@ -227,15 +236,15 @@ pub(crate) fn input_grad(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f
             |patches, (n, gx)| {
                 with_avx2(|| {
                     for group in 0..dims.groups {
-                        patches.fill(0.0);
-                        for o in group * per_group..(group + 1) * per_group {
-                            let start = (n * dims.out_channels + o) * plane;
-                            let gy = &grad[start..start + plane];
-                            let w = &weight[o * k..(o + 1) * k];
-                            for (&wv, row) in w.iter().zip(patches.chunks_exact_mut(plane)) {
-                                axpy(wv, gy, row);
-                            }
-                        }
+                        let channels = group * per_group..(group + 1) * per_group;
+                        let start = (n * dims.out_channels + channels.start) * plane;
+                        let product = Product {
+                            left: &transposed[group * k * per_group..(group + 1) * k * per_group],
+                            right: &grad[start..start + per_group * plane],
+                            inner: per_group,
+                            plane,
+                        };
+                        product.write(&zeros, patches);
                         dims.col2im_add(patches, group, gx);
                     }
                 })
@@ -295,6 +304,119 @@ pub(crate) fn bias_grad(grad: &[f32], [batch, channels, plane]: [usize; 3]) -> V
                 .sum::<f64>() as f32
         })
         .collect()
+}
+
+/// A matrix product over output planes, `out[o][p] = init[o] + Σ_r left[o][r] · right[r][p]`:
+/// `left` is row-major with `inner` columns, `right` is `inner` rows of `plane` values, `out`
+/// has a row of `plane` per value of `init`. The sum runs over `r` in order with a separate
+/// multiply and add, so every output is the same float as adding one `axpy` per `r` onto
+/// `init`; with AVX2, up to four rows of 16 outputs are kept in registers, so that each value
+/// of `right` is loaded once per four outputs rather than each partial sum once per `r`.
+struct Product<'a> {
+    left: &'a [f32],
+    right: &'a [f32],
+    inner: usize,
+    plane: usize,
+}
+
+impl Product<'_> {
+    #[inline(always)]
+    fn write(&self, init: &[f32], out: &mut [f32]) {
+        let (plane, inner) = (self.plane, self.inner);
+        assert!(self.left.len() >= init.len() * inner && self.right.len() >= inner * plane);
+        assert!(out.len() >= init.len() * plane);
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2; the sizes are asserted above.
+            done = unsafe { avx2::product(self, init, out) };
+        }
+        for (o, &start) in init.iter().enumerate() {
+            let row = &mut out[o * plane + done..(o + 1) * plane];
+            row.fill(start);
+            for (r, &a) in self.left[o * inner..(o + 1) * inner].iter().enumerate() {
+                axpy(a, &self.right[r * plane + done..(r + 1) * plane], row);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::Product;
+
+    /// Output positions per register block: two AVX registers.
+    const BLOCK: usize = 16;
+
+    /// [`Product::write`] for the first `BLOCK · ⌊plane / BLOCK⌋` positions of every row;
+    /// returns that count (the caller writes the rest).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `left`, `right` and `out` must hold the sizes that
+    /// [`Product::write`] asserts.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn product(product: &Product<'_>, init: &[f32], out: &mut [f32]) -> usize {
+        let mut o = 0;
+        while o + 4 <= init.len() {
+            // SAFETY: rows o..o + 4 exist (the caller's sizes).
+            unsafe { rows::<4>(product, o, init, out) };
+            o += 4;
+        }
+        if o + 2 <= init.len() {
+            // SAFETY: as above.
+            unsafe { rows::<2>(product, o, init, out) };
+            o += 2;
+        }
+        while o < init.len() {
+            // SAFETY: as above.
+            unsafe { rows::<1>(product, o, init, out) };
+            o += 1;
+        }
+        product.plane / BLOCK * BLOCK
+    }
+
+    /// Rows `o..o + R` of [`product`].
+    ///
+    /// # Safety
+    /// As [`product`], and `o + R <= init.len()`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn rows<const R: usize>(product: &Product<'_>, o: usize, init: &[f32], out: &mut [f32]) {
+        let (plane, inner) = (product.plane, product.inner);
+        let (left, right) = (product.left.as_ptr(), product.right.as_ptr());
+        let out = out.as_mut_ptr();
+        let mut p = 0;
+        while p + BLOCK <= plane {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = [_mm256_set1_ps(init[o + j]); 2];
+            }
+            for r in 0..inner {
+                // SAFETY: row r < inner of `right` holds positions p..p + 16 <= plane.
+                let x = unsafe {
+                    let at = right.add(r * plane + p);
+                    [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))]
+                };
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: row o + j < init.len() of `left` has `inner` columns.
+                    let a = _mm256_set1_ps(unsafe { *left.add((o + j) * inner + r) });
+                    acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(a, x[0]));
+                    acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(a, x[1]));
+                }
+            }
+            for (j, acc) in acc.iter().enumerate() {
+                // SAFETY: row o + j of `out` holds positions p..p + 16 <= plane.
+                unsafe {
+                    let at = out.add((o + j) * plane + p);
+                    _mm256_storeu_ps(at, acc[0]);
+                    _mm256_storeu_ps(at.add(8), acc[1]);
+                }
+            }
+            p += BLOCK;
+        }
+    }
 }
 
 /// `y[i] += a · x[i]`.
@@ -416,6 +538,45 @@ mod tests {
             .iter()
             .map(|o| ConvDims::new([2, 6, 7, 9], [6, 6 / o.groups, 3, 2], o).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn the_blocked_product_is_the_same_float_as_one_axpy_per_row() {
+        // Rows and positions that leave every kind of tail (4-, 2- and 1-row blocks, a
+        // partial block of positions).
+        for (rows, inner, plane) in [
+            (7, 5, 37),
+            (4, 9, 16),
+            (2, 18, 121),
+            (1, 3, 5),
+            (40, 9, 676),
+        ] {
+            let left = values(rows * inner, 3);
+            let right = values(inner * plane, 4);
+            let init = values(rows, 5);
+            let mut blocked = vec![0f32; rows * plane];
+            with_avx2(|| {
+                let product = Product {
+                    left: &left,
+                    right: &right,
+                    inner,
+                    plane,
+                };
+                product.write(&init, &mut blocked);
+            });
+            let mut plain = vec![0f32; rows * plane];
+            for (o, row) in plain.chunks_exact_mut(plane).enumerate() {
+                row.fill(init[o]);
+                for r in 0..inner {
+                    let a = left[o * inner + r];
+                    for (y, &x) in row.iter_mut().zip(&right[r * plane..(r + 1) * plane]) {
+                        *y += a * x;
+                    }
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&blocked), bits(&plain), "{rows}×{inner}×{plane}");
+        }
     }
 
     #[test]
