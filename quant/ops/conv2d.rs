@@ -5,7 +5,9 @@
 // `NdArray` is deprecated by Burn but still supported here behind its feature.
 #![allow(deprecated)]
 
-use burn::backend::ops::{FloatTensorOps, ModuleOps};
+#[cfg(feature = "ndarray")]
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::ops::ModuleOps;
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension, tensor::FloatTensor};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
