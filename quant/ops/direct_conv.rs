@@ -415,25 +415,26 @@ mod avx2 {
         }
     }
 
-    /// [`super::add_dots`] for blocks of two rows of `a` and four of `b`, marking the pairs it
-    /// added in `done`.
+    /// [`super::add_dots`] for blocks of two rows of `a` and four of `b`: the pairs of the
+    /// first `⌊rows / 2⌋ · 2` rows of `a` and `⌊columns / 4⌋ · 4` rows of `b`, whose counts it
+    /// returns.
     ///
     /// # Safety
     /// The CPU must support AVX2; `a` and `b` must hold whole rows of `plane` values and
-    /// `sums` and `done` one entry per pair.
+    /// `sums` one entry per pair.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn add_dots(
         a: &[f32],
         b: &[f32],
         plane: usize,
         sums: &mut [f64],
-        done: &mut [bool],
-    ) {
+    ) -> [usize; 2] {
         const LANES: usize = super::LANES;
         let (rows, columns) = (a.len() / plane, b.len() / plane);
+        let blocked = [rows / 2 * 2, columns / 4 * 4];
         let chunks = plane / LANES;
-        for o in (0..rows / 2 * 2).step_by(2) {
-            for r in (0..columns / 4 * 4).step_by(4) {
+        for o in (0..blocked[0]).step_by(2) {
+            for r in (0..blocked[1]).step_by(4) {
                 let mut acc = [[_mm256_setzero_ps(); 4]; 2];
                 for c in 0..chunks {
                     // SAFETY: chunk c of rows o, o + 1 of `a` and r..r + 4 of `b` lies in
@@ -453,19 +454,18 @@ mod avx2 {
                 }
                 for i in 0..2 {
                     for j in 0..4 {
-                        let mut lanes = [0f32; LANES];
-                        // SAFETY: `lanes` holds one AVX register.
-                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][j]) };
-                        let tail = &a[(o + i) * plane + chunks * LANES..(o + i + 1) * plane];
-                        let other = &b[(r + j) * plane + chunks * LANES..(r + j + 1) * plane];
-                        let tail: f32 = tail.iter().zip(other).map(|(x, y)| x * y).sum();
-                        let at = (o + i) * columns + r + j;
-                        sums[at] += (lanes.iter().sum::<f32>() + tail) as f64;
-                        done[at] = true;
+                        let mut partial = [0f32; LANES];
+                        // SAFETY: `partial` holds one AVX register.
+                        unsafe { _mm256_storeu_ps(partial.as_mut_ptr(), acc[i][j]) };
+                        let a_tail = &a[(o + i) * plane + chunks * LANES..(o + i + 1) * plane];
+                        let b_tail = &b[(r + j) * plane + chunks * LANES..(r + j + 1) * plane];
+                        let dot = super::finish_dot(&partial, a_tail, b_tail);
+                        sums[(o + i) * columns + r + j] += dot as f64;
                     }
                 }
             }
         }
+        blocked
     }
 }
 
@@ -484,18 +484,22 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let b = &b[..a.len()];
     let mut acc = [0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(a, b)| a * b)
-        .sum();
+    let (a_tail, b_tail) = (a_chunks.remainder(), b_chunks.remainder());
     for (a, b) in a_chunks.zip(b_chunks) {
         for lane in 0..LANES {
             acc[lane] += a[lane] * b[lane];
         }
     }
-    acc.iter().sum::<f32>() + tail
+    finish_dot(&acc, a_tail, b_tail)
+}
+
+/// The last step of [`dot`]: the [`LANES`] partial sums added in order, plus the products of
+/// the elements past the last whole chunk (`a_tail`, `b_tail`). The blocked dot products use
+/// it too, so that they give the same floats.
+#[inline(always)]
+fn finish_dot(partial: &[f32; LANES], a_tail: &[f32], b_tail: &[f32]) -> f32 {
+    let tail: f32 = a_tail.iter().zip(b_tail).map(|(a, b)| a * b).sum();
+    partial.iter().sum::<f32>() + tail
 }
 
 /// `sums[o][r] += dot(a[o], b[r])` for every row `o` of `a` and `r` of `b` (rows of `plane`
@@ -507,15 +511,16 @@ fn add_dots(a: &[f32], b: &[f32], plane: usize, sums: &mut [f64]) {
     let columns = b.len() / plane;
     let rows = a.len() / plane;
     assert!(sums.len() >= rows * columns);
-    let mut done = vec![false; rows * columns];
+    // The pairs `(o, r)` with `o < blocked[0]` and `r < blocked[1]` are added by the AVX2 path.
+    let mut blocked = [0, 0];
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2; the sizes follow from `rows` and `columns`.
-        unsafe { avx2::add_dots(a, b, plane, sums, &mut done) };
+        blocked = unsafe { avx2::add_dots(a, b, plane, sums) };
     }
     for o in 0..rows {
         for r in 0..columns {
-            if !done[o * columns + r] {
+            if o >= blocked[0] || r >= blocked[1] {
                 let row = &a[o * plane..(o + 1) * plane];
                 sums[o * columns + r] += dot(row, &b[r * plane..(r + 1) * plane]) as f64;
             }
