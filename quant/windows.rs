@@ -1,6 +1,6 @@
 //! Which input pixel each output pixel of a 2-D sliding window (convolution or pooling) reads
 //! for each kernel tap: the shared index arithmetic of the host kernels (the integer engine's
-//! convolution and the float direct convolution).
+//! convolution, the float direct convolution and max-pooling).
 
 use std::ops::Range;
 
@@ -54,6 +54,22 @@ impl Windows {
             first..end,
             first * s + offset - self.before[d].min(first * s + offset),
         )
+    }
+
+    /// The kernel taps `t` (of `kernel` along dimension `d`) whose input index
+    /// `o·stride + t·dilation − before` lies inside the input, for output index `o`: the
+    /// inverse view of [`Self::valid`]. The dilation must not be 0.
+    pub fn taps_inside(&self, d: usize, o: usize, kernel: usize) -> Range<usize> {
+        let (start, dilation) = (o * self.stride[d], self.dilation[d]);
+        // First t with start + t·dilation >= before; last with start + t·dilation < input + before.
+        let first = self.before[d].saturating_sub(start).div_ceil(dilation);
+        let limit = self.input[d] + self.before[d];
+        let end = if limit > start {
+            ((limit - start - 1) / dilation + 1).min(kernel)
+        } else {
+            0
+        };
+        first.min(end)..end
     }
 
     /// The output rows that kernel tap `(i, j)` reads inside the input, each with its input

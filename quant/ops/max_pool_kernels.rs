@@ -3,10 +3,10 @@
 //! plane; taps in row-major window order, so that ties keep the first maximum and a NaN
 //! propagates, as in PyTorch and Burn.
 
-use burn::tensor::ops::MaxPoolOptions;
 use std::hint::select_unpredictable;
 use std::ops::Range;
 
+use burn::tensor::ops::MaxPoolOptions;
 use rayon::prelude::*;
 
 use crate::windows::{Windows, output_extent};
@@ -18,7 +18,8 @@ pub(crate) struct PoolDims {
     channels: usize,
     kernel: [usize; 2],
     windows: Windows,
-    /// For each output row and column, the kernel taps inside the input ([`tap_range`]),
+    /// For each output row and column, the kernel taps inside the input
+    /// ([`Windows::taps_inside`]),
     /// computed once rather than per window.
     taps: [Vec<Range<usize>>; 2],
 }
@@ -50,7 +51,7 @@ impl PoolDims {
         };
         let taps = [0, 1].map(|d| {
             (0..windows.output[d])
-                .map(|o| tap_range(&windows, options.kernel_size, d, o))
+                .map(|o| windows.taps_inside(d, o, options.kernel_size[d]))
                 .collect()
         });
         Some(Self {
@@ -110,7 +111,7 @@ fn pool_plane(dims: &PoolDims, plane: &[f32], out: &mut [f32], index: &mut [i32]
     }
 }
 
-/// [`pool_plane`] for any window: each output's taps inside the input ([`tap_range`], computed
+/// [`pool_plane`] for any window: each output's taps inside the input ([`Windows::taps_inside`], computed
 /// once per call in [`PoolDims`]), one at a time.
 fn pool_plane_windows(dims: &PoolDims, plane: &[f32], out: &mut [f32], index: &mut [i32]) {
     let windows = &dims.windows;
@@ -287,21 +288,6 @@ mod avx2 {
         }
         ox
     }
-}
-
-/// The kernel taps `t` along dimension `d` whose input index `o·stride + t·dilation − before`
-/// lies inside the input, for output index `o`.
-fn tap_range(windows: &Windows, kernel: [usize; 2], d: usize, o: usize) -> Range<usize> {
-    let (start, dilation) = (o * windows.stride[d], windows.dilation[d]);
-    // First t with start + t·dilation >= before; last with start + t·dilation < input + before.
-    let first = windows.before[d].saturating_sub(start).div_ceil(dilation);
-    let limit = windows.input[d] + windows.before[d];
-    let end = if limit > start {
-        ((limit - start - 1) / dilation + 1).min(kernel[d])
-    } else {
-        0
-    };
-    first.min(end)..end
 }
 
 /// The input gradient: each output gradient added onto the input position of its argmax.
