@@ -23,7 +23,9 @@ pub use fake_quant::{
     FakeQuantBackend, Ste, bipolar_fake_quant, fake_quant, lsq_fake_quant, lsq_grad_scale,
 };
 pub use freeze::freeze;
-pub use observer::{LearnedStep, MinMaxObserver, MinMaxObserverConfig, set_observing};
+pub use observer::{
+    LearnedStep, MinMaxObserver, MinMaxObserverConfig, StepGradScale, set_observing,
+};
 pub use qparams::{QParams, check_bounds, dequantize, quantize};
 pub use range::RangeEstimator;
 pub use scheme::{Granularity, MAX_BITS, MIN_BITS, QMode, QScheme, Signedness};

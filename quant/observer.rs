@@ -28,6 +28,63 @@ pub struct MinMaxObserverConfig {
     /// How one batch gives a range (extremes, percentile, MSE); not used by bipolar schemes,
     /// whose step is the mean magnitude.
     pub range: RangeEstimator,
+    /// What `N` counts in LSQ's gradient scale of a learned step.
+    pub step_grad: StepGradScale,
+}
+
+/// What `N` counts in LSQ's gradient scale `1/sqrt(N·Q_P)` of a learned step.
+///
+/// LSQ (Esser et al. 2019) takes `N` as the number of weights of a layer, or of features
+/// (activations per example) for an activation step. With the batch counted too, an activation
+/// step trained on batches of `B` examples gets a gradient `sqrt(B)` times smaller.
+///
+/// ```
+/// use burn_quant::StepGradScale;
+/// assert_eq!(StepGradScale::AllElements.elements(&[64, 20, 24, 24], 1), 64 * 20 * 24 * 24);
+/// assert_eq!(StepGradScale::PerExample.elements(&[64, 20, 24, 24], 1), 20 * 24 * 24);
+/// assert_eq!(StepGradScale::PerExample.elements(&[64, 20, 24, 24], 20), 24 * 24);
+/// ```
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, burn::serde::Serialize, burn::serde::Deserialize,
+)]
+#[serde(crate = "burn::serde")]
+pub enum StepGradScale {
+    /// Every element one step covers, the batch included.
+    #[default]
+    AllElements,
+    /// The elements one step covers in one example (the leading axis is the batch): LSQ's
+    /// features per layer.
+    PerExample,
+}
+
+impl StepGradScale {
+    /// Parses `all` or `per-example`.
+    ///
+    /// ```
+    /// use burn_quant::StepGradScale;
+    /// assert_eq!(StepGradScale::parse("per-example").unwrap(), StepGradScale::PerExample);
+    /// assert!(StepGradScale::parse("batch").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<Self, QuantError> {
+        match s.trim() {
+            "all" => Ok(Self::AllElements),
+            "per-example" => Ok(Self::PerExample),
+            _ => Err(QuantError::InvalidSetting(format!(
+                "a step gradient scale counts `all` elements or those `per-example`, got `{s}`"
+            ))),
+        }
+    }
+
+    /// `N` for a tensor of `dims` whose steps are shared by `channels` equal slices (at least 1).
+    pub fn elements(self, dims: &[usize], channels: usize) -> usize {
+        let all: usize = dims.iter().product();
+        let per_step = all / channels.max(1);
+        match self {
+            Self::AllElements => per_step,
+            Self::PerExample => per_step / dims.first().copied().unwrap_or(1).max(1),
+        }
+        .max(1)
+    }
 }
 
 impl MinMaxObserverConfig {
@@ -40,7 +97,13 @@ impl MinMaxObserverConfig {
             ste: Ste::Identity,
             learned_step: false,
             range: RangeEstimator::MinMax,
+            step_grad: StepGradScale::AllElements,
         }
+    }
+
+    /// Sets what `N` counts in LSQ's gradient scale.
+    pub fn with_step_grad(self, step_grad: StepGradScale) -> Self {
+        Self { step_grad, ..self }
     }
 
     /// Sets how one batch gives a range.
@@ -98,6 +161,7 @@ impl MinMaxObserverConfig {
             ema_momentum: self.ema_momentum,
             ste: self.ste,
             range: self.range,
+            step_grad: self.step_grad,
         }
     }
 }
@@ -154,6 +218,8 @@ pub struct MinMaxObserver {
     ste: Ste,
     #[module(skip)]
     range: RangeEstimator,
+    #[module(skip)]
+    step_grad: StepGradScale,
 }
 
 impl MinMaxObserver {
@@ -337,7 +403,7 @@ impl MinMaxObserver {
                 // The largest zero point leaves the fewest positive levels.
                 let top = qparams.zero_point.clone().max().into_scalar::<f32>() as i32;
                 let grad_scale = lsq_grad_scale(
-                    x.shape().num_elements() / channels,
+                    self.step_grad.elements(&x.dims(), channels),
                     self.scheme.qmax() - top,
                 );
                 (qparams, Some(grad_scale))

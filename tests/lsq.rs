@@ -12,7 +12,8 @@ use burn_quant::nn::{
     Mode, QConfig, QConv2d, QConv2dConfig, QLinear, QLinearConfig, QReLU, QTensor,
 };
 use burn_quant::{
-    QParams, QScheme, Ste, fake_quant, freeze, lsq_fake_quant, lsq_grad_scale, set_observing,
+    MinMaxObserverConfig, QParams, QScheme, Ste, StepGradScale, fake_quant, freeze, lsq_fake_quant,
+    lsq_grad_scale, set_observing,
 };
 use common::{assert_fake_quant_eq, device, fake_quant_ref, in_range_ref, to_vec};
 
@@ -243,6 +244,35 @@ fn the_step_learns() {
     }
     let (last, _) = mse(step);
     assert!(last < 0.5 * first, "MSE {first} -> {last} (step {step})");
+}
+
+/// LSQ's `N` for an activation step: counted per example, the step's gradient is `sqrt(B)`
+/// times the one with the whole batch of `B` examples counted, and nothing else changes.
+#[test]
+fn per_example_step_gradients_are_sqrt_batch_times_larger() {
+    let device = device().autodiff();
+    let x = Tensor::<4>::random([16, 3, 4, 4], Distribution::Normal(0.0, 1.0), &device);
+    let step_grad = |count: StepGradScale| {
+        let observer = MinMaxObserverConfig::new(QScheme::affine(3).unwrap())
+            .with_learned_step(true)
+            .with_step_grad(count)
+            .init(&device);
+        observer.fake_quant(x.clone());
+        let observer = set_observing(observer, false);
+        let y = observer.fake_quant(x.clone());
+        let grads = (y.clone() * y.clone()).sum().backward();
+        let multiplier = observer.learned.as_ref().unwrap().multiplier.val();
+        (to_vec(y), to_vec(multiplier.grad(&grads).unwrap())[0])
+    };
+    let (y_all, all) = step_grad(StepGradScale::AllElements);
+    let (y_example, per_example) = step_grad(StepGradScale::PerExample);
+    assert_eq!(y_all, y_example);
+    assert!(all != 0.0);
+    let ratio = per_example / all;
+    assert!(
+        (ratio - 4.0).abs() < 1e-4,
+        "{per_example} / {all} = {ratio}"
+    );
 }
 
 #[derive(Module, Debug)]

@@ -5,6 +5,7 @@ use burn::tensor::Device;
 
 use crate::{
     Granularity, MinMaxObserver, MinMaxObserverConfig, QScheme, QuantError, RangeEstimator, Ste,
+    StepGradScale,
 };
 
 /// How a model's layers quantize weights and activations.
@@ -51,6 +52,10 @@ pub struct QConfig {
     /// How a batch of activations gives a range.
     #[config(default = "RangeEstimator::MinMax")]
     pub activation_range: RangeEstimator,
+    /// What `N` counts in LSQ's gradient scale of a learned activation step (weights count
+    /// the elements of one channel).
+    #[config(default = "StepGradScale::AllElements")]
+    pub activation_step_grad: StepGradScale,
 }
 
 impl QConfig {
@@ -114,7 +119,9 @@ impl QConfig {
     /// # Panics
     /// When the EMA momentum is outside `(0, 1]` ([`QConfig::check`] reports it as an error).
     pub fn activation_observer(&self, device: &Device) -> MinMaxObserver {
-        let config = MinMaxObserverConfig::new(self.activation).with_range(self.activation_range);
+        let config = MinMaxObserverConfig::new(self.activation)
+            .with_range(self.activation_range)
+            .with_step_grad(self.activation_step_grad);
         self.observer(config, device)
     }
 

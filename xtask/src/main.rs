@@ -160,6 +160,10 @@ struct SweepArgs {
     /// How a batch of activations gives a range: minmax, mse, percentile:P [the method's].
     #[arg(long)]
     activation_range: Option<String>,
+    /// LSQ: what N of an activation step's gradient scale 1/sqrt(N·Q_P) counts: all (the
+    /// batch's elements) or per-example [the method's].
+    #[arg(long)]
+    activation_step_grad: Option<String>,
     /// Hold out the last N training images and evaluate on them instead of the test set (for
     /// choosing settings; the float model is trained without them).
     #[arg(long)]
@@ -210,6 +214,10 @@ impl SweepArgs {
                 .activation_range
                 .clone()
                 .unwrap_or_else(|| defaults.activation_range.into()),
+            activation_step_grad: self
+                .activation_step_grad
+                .clone()
+                .unwrap_or_else(|| defaults.activation_step_grad.into()),
         }
     }
 }

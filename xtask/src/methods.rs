@@ -47,6 +47,8 @@ pub struct MethodDefaults {
     pub weight_range: &'static str,
     /// Range of a batch of activations.
     pub activation_range: &'static str,
+    /// LSQ: what `N` of an activation step's gradient scale counts.
+    pub activation_step_grad: &'static str,
 }
 
 impl QuantMethod {
@@ -74,6 +76,7 @@ impl QuantMethod {
             qat_lr: if quick { 0.01 } else { 0.001 },
             weight_range: "minmax",
             activation_range: "minmax",
+            activation_step_grad: "all",
         };
         match self {
             Self::Seed => seed,

@@ -81,6 +81,13 @@ pub struct SweepConfig {
     /// How a batch of activations gives a range.
     #[serde(default = "minmax")]
     pub activation_range: String,
+    /// LSQ: what `N` of an activation step's gradient scale counts (`all`, `per-example`).
+    #[serde(default = "all")]
+    pub activation_step_grad: String,
+}
+
+fn all() -> String {
+    "all".into()
 }
 
 fn minmax() -> String {
@@ -377,6 +384,7 @@ pub(crate) mod tests {
             freeze_bn_after: None,
             weight_range: "minmax".into(),
             activation_range: "minmax".into(),
+            activation_step_grad: "all".into(),
         }
     }
 

@@ -139,6 +139,8 @@ impl Sweep {
             c.weight_range.clone(),
             "--activation-range".into(),
             c.activation_range.clone(),
+            "--activation-step-grad".into(),
+            c.activation_step_grad.clone(),
         ];
         let mut push = |flag: &str, value: Option<String>| {
             if let Some(v) = value {
@@ -489,6 +491,7 @@ mod tests {
             "--qat-schedule constant",
             "--weight-range minmax",
             "--activation-range minmax",
+            "--activation-step-grad all",
             "--export-onnx /out",
         ] {
             assert!(args.contains(expected), "{args}");

@@ -7,7 +7,7 @@ use crate::models::MnistModel;
 use crate::protocol::ModeResult;
 use crate::train::{Progress, TrainConfig, accuracy, agreement, calibrate, predict, train};
 use burn_quant::nn::{Mode, QConfig};
-use burn_quant::{QScheme, QuantError, RangeEstimator, freeze, set_observing};
+use burn_quant::{QScheme, QuantError, RangeEstimator, StepGradScale, freeze, set_observing};
 
 /// Settings of the PTQ/QAT pipeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -47,6 +47,9 @@ pub struct PipelineConfig {
     pub weight_range: RangeEstimator,
     /// How a batch of activations gives a range ([`QConfig::activation_range`]).
     pub activation_range: RangeEstimator,
+    /// What `N` counts in a learned activation step's gradient scale
+    /// ([`QConfig::activation_step_grad`]).
+    pub activation_step_grad: StepGradScale,
 }
 
 impl PipelineConfig {
@@ -70,6 +73,7 @@ impl PipelineConfig {
             freeze_bn_after: None,
             weight_range: RangeEstimator::MinMax,
             activation_range: RangeEstimator::MinMax,
+            activation_step_grad: StepGradScale::AllElements,
         }
     }
 
@@ -95,7 +99,8 @@ impl PipelineConfig {
             .with_ema_momentum(self.ema_momentum)
             .with_learned_step(self.learned_step)
             .with_weight_range(self.weight_range)
-            .with_activation_range(self.activation_range))
+            .with_activation_range(self.activation_range)
+            .with_activation_step_grad(self.activation_step_grad))
     }
 }
 

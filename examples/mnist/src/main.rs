@@ -13,9 +13,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn_quant::RangeEstimator;
 use burn_quant::backend::default_backend;
 use burn_quant::nn::QConfig;
+use burn_quant::{RangeEstimator, StepGradScale};
 use burn_quant_mnist::Dataset;
 use burn_quant_mnist::data::Mnist;
 use burn_quant_mnist::experiment::{self, PipelineConfig};
@@ -71,6 +71,10 @@ struct Args {
     /// How a batch of activations gives a range: `minmax`, `mse` or `percentile:P`.
     #[arg(long, default_value = "minmax", value_parser = RangeEstimator::parse)]
     activation_range: RangeEstimator,
+    /// LSQ: what `N` in an activation step's gradient scale `1/sqrt(N·Q_P)` counts: `all`
+    /// elements of a batch or those `per-example` (LSQ's features per layer).
+    #[arg(long, default_value = "all", value_parser = StepGradScale::parse)]
+    activation_step_grad: StepGradScale,
     /// SGD momentum (float and QAT).
     #[arg(long, default_value_t = 0.5)]
     momentum: f64,
@@ -275,6 +279,7 @@ fn run<M: MnistModel>(args: &Args) {
         freeze_bn_after: args.freeze_bn_after,
         weight_range: args.weight_range,
         activation_range: args.activation_range,
+        activation_step_grad: args.activation_step_grad,
         ..PipelineConfig::reference()
     };
     println!(
