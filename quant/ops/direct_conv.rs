@@ -171,6 +171,11 @@ impl ConvDims {
         }
     }
 
+    /// Whether stride and dilation are 1 in both dimensions.
+    fn unit_steps(&self) -> bool {
+        self.windows.stride == [1, 1] && self.windows.dilation == [1, 1]
+    }
+
     /// Whether some taps read the padding (the patch matrix then has zeros to keep).
     fn padded(&self) -> bool {
         let w = &self.windows;
@@ -220,6 +225,9 @@ pub(crate) fn forward(dims: &ConvDims, x: &[f32], weight: &[f32], bias: &[f32]) 
 pub(crate) fn input_grad(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f32> {
     let (plane, k) = (dims.out_plane(), dims.depth() * dims.taps());
     let per_group = dims.out_channels / dims.groups;
+    if dims.unit_steps() && per_group <= SHIFTED_MAX_PER_GROUP {
+        return input_grad_shifted(dims, grad, weight);
+    }
     // Per group, the weight as `[k, per_group]` (the left factor of the patch gradients).
     let transposed: Vec<f32> = (0..dims.groups)
         .flat_map(|group| {
@@ -246,6 +254,77 @@ pub(crate) fn input_grad(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f
                         };
                         product.write(&zeros, patches);
                         dims.col2im_add(patches, group, gx);
+                    }
+                })
+            },
+        );
+    out
+}
+
+/// The most output channels per group for which [`input_grad`] takes the shifted-plane route.
+const SHIFTED_MAX_PER_GROUP: usize = 4;
+
+/// `dL/dx` for stride and dilation 1 (any padding and groups), without a patch matrix: tap
+/// `(i, j)` of output channel `o` adds `w[o][ci][i][j] · dL/dy[o]` onto the input-gradient
+/// plane of `ci` shifted by `(i, j)`. With the output gradient's rows laid `ow + kw − 1` apart
+/// (zeros between them), the shifted plane is one contiguous run, so each tap is one long
+/// `axpy` instead of a row of `ow` values per output row; padding is accumulated into a
+/// padded plane whose interior is then copied out. Best for few output channels per group,
+/// where the patch-matrix product is too small to amortize the patch matrix.
+fn input_grad_shifted(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f32> {
+    let ([oh, ow], [h, w], [kh, kw]) = (dims.windows.output, dims.windows.input, dims.kernel);
+    let [top, left] = dims.windows.before;
+    let (plane, in_plane, depth) = (dims.out_plane(), dims.in_plane(), dims.depth());
+    let per_group = dims.out_channels / dims.groups;
+    // The padded input plane: (oh + kh − 1) × (ow + kw − 1) at stride 1.
+    let (hp, wp) = (oh + kh - 1, ow + kw - 1);
+    let unpadded = hp == h && wp == w;
+    let run = (oh - 1) * wp + ow;
+    let mut out = vec![0f32; dims.in_len()];
+    if plane == 0 {
+        return out;
+    }
+    out.par_chunks_mut(dims.in_channels * in_plane)
+        .enumerate()
+        .for_each_init(
+            || (vec![0f32; per_group * oh * wp], vec![0f32; hp * wp]),
+            |(wide, padded), (n, gx)| {
+                with_avx2(|| {
+                    for group in 0..dims.groups {
+                        // The group's output gradients with rows `wp` apart; the columns past
+                        // `ow` stay 0.
+                        for o in 0..per_group {
+                            let start = (n * dims.out_channels + group * per_group + o) * plane;
+                            let dst = &mut wide[o * oh * wp..(o + 1) * oh * wp];
+                            for (row, src) in
+                                grad[start..start + plane].chunks_exact(ow).enumerate()
+                            {
+                                dst[row * wp..row * wp + ow].copy_from_slice(src);
+                            }
+                        }
+                        for ci in 0..depth {
+                            let c = group * depth + ci;
+                            let add_taps = |target: &mut [f32]| {
+                                for (i, j) in (0..kh).flat_map(|i| (0..kw).map(move |j| (i, j))) {
+                                    let to = &mut target[i * wp + j..][..run];
+                                    for o in 0..per_group {
+                                        let oc = group * per_group + o;
+                                        let a = weight[((oc * depth + ci) * kh + i) * kw + j];
+                                        axpy(a, &wide[o * oh * wp..][..run], to);
+                                    }
+                                }
+                            };
+                            let gin = &mut gx[c * in_plane..(c + 1) * in_plane];
+                            if unpadded {
+                                add_taps(gin);
+                            } else {
+                                padded.fill(0.0);
+                                add_taps(padded);
+                                for (iy, row) in gin.chunks_exact_mut(w).enumerate() {
+                                    row.copy_from_slice(&padded[(iy + top) * wp + left..][..w]);
+                                }
+                            }
+                        }
                     }
                 })
             },
@@ -347,8 +426,7 @@ mod avx2 {
     /// Output positions per register block: two AVX registers.
     const BLOCK: usize = 16;
 
-    /// [`Product::write`] for the first `BLOCK · ⌊plane / BLOCK⌋` positions of every row;
-    /// returns that count (the caller writes the rest).
+    /// [`Product::write`] for every row and position; returns the positions written (all).
     ///
     /// # Safety
     /// The CPU must support AVX2; `left`, `right` and `out` must hold the sizes that
@@ -371,47 +449,92 @@ mod avx2 {
             unsafe { rows::<1>(product, o, init, out) };
             o += 1;
         }
-        product.plane / BLOCK * BLOCK
+        product.plane
     }
 
-    /// Rows `o..o + R` of [`product`].
+    /// Rows `o..o + R` of [`product`]: whole blocks of [`BLOCK`] positions, then the rest of
+    /// the row as one block with masked loads and stores.
     ///
     /// # Safety
     /// As [`product`], and `o + R <= init.len()`.
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn rows<const R: usize>(product: &Product<'_>, o: usize, init: &[f32], out: &mut [f32]) {
+        let plane = product.plane;
+        let mut p = 0;
+        while p + BLOCK <= plane {
+            // SAFETY: positions p..p + BLOCK <= plane of the rows (the caller's sizes).
+            unsafe { block::<R, false>(product, o, init, out, p, [_mm256_setzero_si256(); 2]) };
+            p += BLOCK;
+        }
+        if p < plane {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let rest = _mm256_set1_epi32((plane - p) as i32);
+            let mask = [
+                _mm256_cmpgt_epi32(rest, lanes),
+                _mm256_cmpgt_epi32(rest, _mm256_add_epi32(lanes, _mm256_set1_epi32(8))),
+            ];
+            // SAFETY: the masks leave out the positions at or past `plane`.
+            unsafe { block::<R, true>(product, o, init, out, p, mask) };
+        }
+    }
+
+    /// Positions `p..p + BLOCK` of rows `o..o + R` of [`product`]; when `MASKED`, only those
+    /// whose lane is set in `mask` (the rest are neither read nor written), else all (plain
+    /// loads and stores, which some CPUs run faster than masked ones).
+    ///
+    /// # Safety
+    /// As [`rows`], and the set lanes are positions `< plane`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn block<const R: usize, const MASKED: bool>(
+        product: &Product<'_>,
+        o: usize,
+        init: &[f32],
+        out: &mut [f32],
+        p: usize,
+        mask: [__m256i; 2],
+    ) {
         let (plane, inner) = (product.plane, product.inner);
         let (left, right) = (product.left.as_ptr(), product.right.as_ptr());
         let out = out.as_mut_ptr();
-        let mut p = 0;
-        while p + BLOCK <= plane {
-            let mut acc = [[_mm256_setzero_ps(); 2]; R];
-            for (j, acc) in acc.iter_mut().enumerate() {
-                *acc = [_mm256_set1_ps(init[o + j]); 2];
-            }
-            for r in 0..inner {
-                // SAFETY: row r < inner of `right` holds positions p..p + 16 <= plane.
-                let x = unsafe {
-                    let at = right.add(r * plane + p);
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = [_mm256_set1_ps(init[o + j]); 2];
+        }
+        for r in 0..inner {
+            // SAFETY: the set lanes of row r < inner of `right` are positions < plane; the
+            // pointers past them are only formed, never read.
+            let x = unsafe {
+                let at = right.add(r * plane + p);
+                if MASKED {
+                    [
+                        _mm256_maskload_ps(at, mask[0]),
+                        _mm256_maskload_ps(at.wrapping_add(8), mask[1]),
+                    ]
+                } else {
                     [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))]
-                };
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    // SAFETY: row o + j < init.len() of `left` has `inner` columns.
-                    let a = _mm256_set1_ps(unsafe { *left.add((o + j) * inner + r) });
-                    acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(a, x[0]));
-                    acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(a, x[1]));
                 }
+            };
+            for (j, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row o + j < init.len() of `left` has `inner` columns.
+                let a = _mm256_set1_ps(unsafe { *left.add((o + j) * inner + r) });
+                acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(a, x[0]));
+                acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(a, x[1]));
             }
-            for (j, acc) in acc.iter().enumerate() {
-                // SAFETY: row o + j of `out` holds positions p..p + 16 <= plane.
-                unsafe {
-                    let at = out.add((o + j) * plane + p);
+        }
+        for (j, acc) in acc.iter().enumerate() {
+            // SAFETY: the set lanes of row o + j of `out` are positions < plane.
+            unsafe {
+                let at = out.add((o + j) * plane + p);
+                if MASKED {
+                    _mm256_maskstore_ps(at, mask[0], acc[0]);
+                    _mm256_maskstore_ps(at.wrapping_add(8), mask[1], acc[1]);
+                } else {
                     _mm256_storeu_ps(at, acc[0]);
                     _mm256_storeu_ps(at.add(8), acc[1]);
                 }
             }
-            p += BLOCK;
         }
     }
 
@@ -606,13 +729,16 @@ mod tests {
         }
     }
 
-    /// Geometries: plain, strided + padded (asymmetric), dilated, grouped.
+    /// Geometries: plain, strided + padded (asymmetric), dilated, grouped (padded, unpadded,
+    /// depthwise with padding on one side).
     fn cases() -> Vec<ConvDims> {
         let options = [
             ConvOptions::new_with_padding([1, 1], [(0, 0), (0, 0)], [1, 1], 1),
             ConvOptions::new_with_padding([2, 3], [(1, 2), (2, 0)], [1, 1], 1),
             ConvOptions::new_with_padding([1, 2], [(2, 2), (1, 1)], [2, 1], 2),
             ConvOptions::new_with_padding([1, 1], [(1, 1), (1, 1)], [1, 1], 3),
+            ConvOptions::new_with_padding([1, 1], [(0, 0), (0, 0)], [1, 1], 2),
+            ConvOptions::new_with_padding([1, 1], [(0, 2), (1, 0)], [1, 1], 6),
         ];
         options
             .iter()
@@ -622,10 +748,12 @@ mod tests {
 
     #[test]
     fn the_blocked_product_is_the_same_float_as_one_axpy_per_row() {
-        // Rows and positions that leave every kind of tail (4-, 2- and 1-row blocks, a
-        // partial block of positions).
+        // Rows and positions that leave every kind of tail (4-, 2- and 1-row blocks; a last
+        // block of positions with 5, 8, 9, 15 or 4 of its 16 lanes).
         for (rows, inner, plane) in [
             (7, 5, 37),
+            (3, 4, 24),
+            (2, 2, 31),
             (4, 9, 16),
             (2, 18, 121),
             (1, 3, 5),
@@ -704,6 +832,9 @@ mod tests {
                 .collect();
             close(&forward(&dims, &x, &w, &b), &with_bias);
             close(&input_grad(&dims, &gy, &w), &gx);
+            if dims.unit_steps() {
+                close(&input_grad_shifted(&dims, &gy, &w), &gx);
+            }
             close(&weight_grad(&dims, &x, &gy), &gw);
             let plane = dims.out_plane();
             let gb: Vec<f32> = (0..dims.out_channels)

@@ -81,8 +81,10 @@ impl PoolDims {
 pub(crate) fn forward(dims: &PoolDims, x: &[f32]) -> (Vec<f32>, Vec<i32>) {
     let in_plane = dims.windows.input[0] * dims.windows.input[1];
     let out_plane = dims.windows.output[0] * dims.windows.output[1];
-    let mut y = vec![f32::NEG_INFINITY; dims.planes * out_plane];
-    let mut indices = vec![-1i32; y.len()];
+    // Zeroed (fresh pages from the allocator need no pass); each plane's task sets what it
+    // does not write.
+    let mut y = vec![0f32; dims.planes * out_plane];
+    let mut indices = vec![0i32; y.len()];
     y.par_chunks_mut(out_plane)
         .zip(indices.par_chunks_mut(out_plane))
         .zip(x.par_chunks(in_plane))
@@ -107,6 +109,8 @@ fn pool_plane(dims: &PoolDims, plane: &[f32], out: &mut [f32], index: &mut [i32]
             pool_row_two_by_two(plane, [top, top + w], 2 * ow, out_row, index_row);
         }
     } else {
+        out.fill(f32::NEG_INFINITY);
+        index.fill(-1);
         pool_plane_windows(dims, plane, out, index);
     }
 }
