@@ -91,7 +91,7 @@ struct SweepArgs {
     /// QAT epochs [2; quick: 1].
     #[arg(long)]
     qat_epochs: Option<usize>,
-    /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.003].
+    /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.05].
     #[arg(long)]
     qat_lr: Option<f64>,
     /// SGD momentum [0.5].
@@ -142,7 +142,8 @@ struct SweepArgs {
     /// QAT optimizer: sgd (with --momentum) or adam [the method's: sgd].
     #[arg(long, value_parser = OptimizerKind::parse)]
     qat_optimizer: Option<OptimizerKind>,
-    /// QAT learning-rate schedule: constant or cosine [the method's: constant].
+    /// QAT learning-rate schedule: constant or cosine [the method's: seed and ema constant, lsq
+    /// cosine].
     #[arg(long, value_parser = LrSchedule::parse)]
     qat_schedule: Option<LrSchedule>,
     /// QAT weight decay, not applied to learned step sizes [0].
@@ -164,6 +165,13 @@ struct SweepArgs {
     /// batch's elements) or per-example [the method's].
     #[arg(long)]
     activation_step_grad: Option<String>,
+    /// QAT: weight of the float model's term in a distillation loss, in [0, 1] (0: labels
+    /// only) [the method's].
+    #[arg(long)]
+    distill_weight: Option<f64>,
+    /// QAT: temperature of the distillation's softmaxes [4].
+    #[arg(long)]
+    distill_temperature: Option<f64>,
     /// Hold out the last N training images and evaluate on them instead of the test set (for
     /// choosing settings; the float model is trained without them).
     #[arg(long)]
@@ -218,6 +226,8 @@ impl SweepArgs {
                 .activation_step_grad
                 .clone()
                 .unwrap_or_else(|| defaults.activation_step_grad.into()),
+            distill_weight: self.distill_weight.unwrap_or(defaults.distill_weight),
+            distill_temperature: self.distill_temperature.unwrap_or(4.0),
         }
     }
 }

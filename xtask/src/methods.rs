@@ -21,8 +21,9 @@ pub enum QuantMethod {
     Ema,
     /// Learned step sizes (LSQ) after a PTQ calibration (MSE ranges for weights and
     /// activations); weights symmetric narrow-range per output channel (ternary at 2
-    /// bits, binary at 1); integer logits; the recipe chosen on a validation split
-    /// (docs/results.md).
+    /// bits, binary at 1); integer logits; SGD with a cosine schedule from lr 0.05 and the
+    /// paper's per-example gradient scale of activation steps; the recipe chosen on a
+    /// validation split (docs/results.md).
     Lsq,
 }
 
@@ -49,6 +50,8 @@ pub struct MethodDefaults {
     pub activation_range: &'static str,
     /// LSQ: what `N` of an activation step's gradient scale counts.
     pub activation_step_grad: &'static str,
+    /// QAT: weight of the float model's term in the distillation loss.
+    pub distill_weight: f64,
 }
 
 impl QuantMethod {
@@ -77,6 +80,7 @@ impl QuantMethod {
             weight_range: "minmax",
             activation_range: "minmax",
             activation_step_grad: "all",
+            distill_weight: 0.0,
         };
         match self {
             Self::Seed => seed,
@@ -84,18 +88,20 @@ impl QuantMethod {
                 ema_momentum: Some(0.01),
                 ..seed
             },
-            // Chosen on the validation split (docs/validation/): SGD at lr 0.003 constant (at 2
-            // bits better than 0.001; 0.01, constant or cosine, and Adam 0.001 cosine collapse
-            // with percentile/min-max calibration); MSE ranges for
-            // weights and activations (the best PTQ accuracy at 2, 3 and 4 bits of the four
-            // calibrations tried; also the start of QAT).
+            // Chosen on the validation split (docs/validation/): MSE ranges for weights and
+            // activations (the best PTQ accuracy at 2, 3 and 4 bits of the four calibrations
+            // tried; also the start of QAT); SGD with a cosine schedule from lr 0.05 (at 2 bits
+            // above 0.01 and 0.02 cosine, 0.003 constant, Adam 0.001 cosine; distilling the
+            // float model did not add to it); activation steps' gradient scale per example.
             Self::Lsq => MethodDefaults {
                 lsq: true,
                 symmetric_weights: true,
                 integer_logits: true,
-                qat_lr: 0.003,
+                qat_lr: 0.05,
+                qat_schedule: LrSchedule::Cosine,
                 weight_range: "mse",
                 activation_range: "mse",
+                activation_step_grad: "per-example",
                 ..seed
             },
         }

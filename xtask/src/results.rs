@@ -84,6 +84,16 @@ pub struct SweepConfig {
     /// LSQ: what `N` of an activation step's gradient scale counts (`all`, `per-example`).
     #[serde(default = "all")]
     pub activation_step_grad: String,
+    /// QAT: weight of the float model's term in the distillation loss (0: labels only).
+    #[serde(default)]
+    pub distill_weight: f64,
+    /// QAT: temperature of the distillation's softmaxes.
+    #[serde(default = "four")]
+    pub distill_temperature: f64,
+}
+
+fn four() -> f64 {
+    4.0
 }
 
 fn all() -> String {
@@ -385,6 +395,8 @@ pub(crate) mod tests {
             weight_range: "minmax".into(),
             activation_range: "minmax".into(),
             activation_step_grad: "all".into(),
+            distill_weight: 0.0,
+            distill_temperature: 4.0,
         }
     }
 

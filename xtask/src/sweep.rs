@@ -141,6 +141,10 @@ impl Sweep {
             c.activation_range.clone(),
             "--activation-step-grad".into(),
             c.activation_step_grad.clone(),
+            "--distill-weight".into(),
+            c.distill_weight.to_string(),
+            "--distill-temperature".into(),
+            c.distill_temperature.to_string(),
         ];
         let mut push = |flag: &str, value: Option<String>| {
             if let Some(v) = value {
@@ -492,6 +496,8 @@ mod tests {
             "--weight-range minmax",
             "--activation-range minmax",
             "--activation-step-grad all",
+            "--distill-weight 0",
+            "--distill-temperature 4",
             "--export-onnx /out",
         ] {
             assert!(args.contains(expected), "{args}");

@@ -1,11 +1,15 @@
 //! The MNIST pipeline: float training, PTQ and QAT at a bit width, evaluated three ways.
 
-use burn::tensor::Device;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::{Device, Tensor};
 
 use crate::Dataset;
 use crate::models::MnistModel;
 use crate::protocol::ModeResult;
-use crate::train::{Progress, TrainConfig, accuracy, agreement, calibrate, predict, train};
+use crate::train::{
+    Distillation, Progress, TrainConfig, accuracy, agreement, calibrate, predict, train,
+    train_with_loss,
+};
 use burn_quant::nn::{Mode, QConfig};
 use burn_quant::{QScheme, QuantError, RangeEstimator, StepGradScale, freeze, set_observing};
 
@@ -50,6 +54,8 @@ pub struct PipelineConfig {
     /// What `N` counts in a learned activation step's gradient scale
     /// ([`QConfig::activation_step_grad`]).
     pub activation_step_grad: StepGradScale,
+    /// QAT: distil the float model's logits into the quantized model (`None`: labels only).
+    pub distill: Option<Distillation>,
 }
 
 impl PipelineConfig {
@@ -74,6 +80,7 @@ impl PipelineConfig {
             weight_range: RangeEstimator::MinMax,
             activation_range: RangeEstimator::MinMax,
             activation_step_grad: StepGradScale::AllElements,
+            distill: None,
         }
     }
 
@@ -158,7 +165,19 @@ pub fn qat<M: MnistModel>(
         true => set_observing(calibrated(net, bits, train_set, config, progress)?, false).train(),
         false => config.quantized(&net.clone().train(), bits)?,
     };
-    let forward = |m: &M, x| m.logits(x, Mode::FakeQuant);
+    let cross_entropy = CrossEntropyLossConfig::new().init(&train_set.images.device());
+    let teacher = net.clone().valid();
+    let loss = |m: &M, x: Tensor<4>, y| {
+        let teacher_logits = config
+            .distill
+            .map(|_| teacher.logits(x.clone().without_autodiff(), Mode::Float));
+        let logits = m.logits(x, Mode::FakeQuant);
+        let hard = cross_entropy.forward(logits.clone(), y);
+        match (config.distill, teacher_logits) {
+            (Some(distill), Some(teacher_logits)) => distill.loss(logits, teacher_logits, hard),
+            _ => hard,
+        }
+    };
     let mut schedule = |m: M, step: usize| {
         let m = match config.freeze_observers_after == Some(step) {
             true => set_observing(m, false),
@@ -169,14 +188,7 @@ pub fn qat<M: MnistModel>(
             false => m,
         }
     };
-    let qnet = train(
-        qnet,
-        train_set,
-        &config.qat,
-        forward,
-        &mut schedule,
-        progress,
-    );
+    let qnet = train_with_loss(qnet, train_set, &config.qat, loss, &mut schedule, progress);
     let qnet = freeze(qnet.valid())?;
     let result = evaluate(&qnet, test, config.eval_batch_size)?;
     Ok((qnet, result))

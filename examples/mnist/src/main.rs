@@ -21,7 +21,7 @@ use burn_quant_mnist::data::Mnist;
 use burn_quant_mnist::experiment::{self, PipelineConfig};
 use burn_quant_mnist::models::{MnistModel, Net, NetBN, ResNet, onnx_config};
 use burn_quant_mnist::protocol::{MODELS, Method, WorkerMessage, parse_bits};
-use burn_quant_mnist::train::{LrSchedule, OptimizerKind, Progress, TrainConfig};
+use burn_quant_mnist::train::{Distillation, LrSchedule, OptimizerKind, Progress, TrainConfig};
 use clap::Parser;
 
 /// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
@@ -75,6 +75,13 @@ struct Args {
     /// elements of a batch or those `per-example` (LSQ's features per layer).
     #[arg(long, default_value = "all", value_parser = StepGradScale::parse)]
     activation_step_grad: StepGradScale,
+    /// QAT: distil the float model into the quantized one with this weight of the teacher's
+    /// term in `[0, 1]` (0: labels only).
+    #[arg(long, default_value_t = 0.0)]
+    distill_weight: f64,
+    /// QAT: temperature of the distillation's softmaxes.
+    #[arg(long, default_value_t = 4.0)]
+    distill_temperature: f64,
     /// SGD momentum (float and QAT).
     #[arg(long, default_value_t = 0.5)]
     momentum: f64,
@@ -258,6 +265,13 @@ fn run<M: MnistModel>(args: &Args) {
         std::fs::create_dir_all(dir)
             .unwrap_or_else(|e| fail(format!("cannot create {}: {e}", dir.display())));
     }
+    let temperature_ok = args.distill_temperature.is_finite() && args.distill_temperature > 0.0;
+    if !(0.0..=1.0).contains(&args.distill_weight) || !temperature_ok {
+        fail(format!(
+            "--distill-weight must be in [0, 1] and --distill-temperature > 0, got {} and {}",
+            args.distill_weight, args.distill_temperature
+        ));
+    }
     let pipeline = PipelineConfig {
         qat: TrainConfig {
             epochs: args.qat_epochs,
@@ -280,6 +294,10 @@ fn run<M: MnistModel>(args: &Args) {
         weight_range: args.weight_range,
         activation_range: args.activation_range,
         activation_step_grad: args.activation_step_grad,
+        distill: (args.distill_weight > 0.0).then_some(Distillation {
+            temperature: args.distill_temperature,
+            weight: args.distill_weight,
+        }),
         ..PipelineConfig::reference()
     };
     println!(

@@ -6,7 +6,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::Tensor;
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Int, Tensor};
 
 use crate::dataset::{Dataset, SplitMix64};
 pub use burn_quant_mnist_protocol::{LrSchedule, OptimizerKind};
@@ -96,19 +97,61 @@ pub struct Progress {
     pub epoch_loss: Option<f32>,
 }
 
+/// Knowledge distillation (Hinton et al. 2015) from a teacher's logits: the loss is
+/// `(1 − weight) · CE(student, labels) + weight · T² · CE(softmax(teacher / T), student / T)`,
+/// the second term a cross-entropy with the teacher's softened probabilities as targets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Distillation {
+    /// Temperature `T` (> 0) of both softmaxes.
+    pub temperature: f64,
+    /// Weight of the teacher's term in `[0, 1]`.
+    pub weight: f64,
+}
+
+impl Distillation {
+    /// The distillation loss for `student` logits, the `teacher`'s (a constant) and the
+    /// cross-entropy with the labels `hard`.
+    ///
+    /// # Shapes
+    /// - student, teacher: `[batch, classes]`
+    /// - hard, output: `[1]`
+    pub fn loss(&self, student: Tensor<2>, teacher: Tensor<2>, hard: Tensor<1>) -> Tensor<1> {
+        let t = self.temperature;
+        let targets = softmax(teacher.div_scalar(t), 1).detach();
+        let soft = (targets * log_softmax(student.div_scalar(t), 1))
+            .sum_dim(1)
+            .mean()
+            .neg();
+        hard * (1.0 - self.weight) + soft * (self.weight * t * t)
+    }
+}
+
 /// Trains `model` (which must live on an autodiff device) with cross-entropy, using `forward`
 /// for the logits: the float forward for training, the fake-quantized one for QAT.
 /// `before_step(model, step)` runs before every step (0-based), e.g. to freeze observers.
 pub fn train<M: Module>(
-    mut model: M,
+    model: M,
     data: &Dataset,
     config: &TrainConfig,
     forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
     before_step: &mut dyn FnMut(M, usize) -> M,
     progress: &mut dyn FnMut(Progress),
 ) -> M {
+    let cross_entropy = CrossEntropyLossConfig::new().init(&data.images.device());
+    let loss = |m: &M, x, y| cross_entropy.forward(forward(m, x), y);
+    train_with_loss(model, data, config, loss, before_step, progress)
+}
+
+/// [`train`] with the loss of a batch given by `loss(model, images, labels)`.
+pub fn train_with_loss<M: Module>(
+    mut model: M,
+    data: &Dataset,
+    config: &TrainConfig,
+    loss_of: impl Fn(&M, Tensor<4>, Tensor<1, Int>) -> Tensor<1>,
+    before_step: &mut dyn FnMut(M, usize) -> M,
+    progress: &mut dyn FnMut(Progress),
+) -> M {
     let mut optim = config.optimizer();
-    let loss_fn = CrossEntropyLossConfig::new().init(&data.images.device());
     let mut rng = SplitMix64::new(config.seed);
     let per_epoch = data.len().div_ceil(config.batch_size);
     let total = per_epoch * config.epochs;
@@ -120,7 +163,7 @@ pub fn train<M: Module>(
         for (i, indices) in batches.iter().enumerate() {
             model = before_step(model, done);
             let (x, y) = data.batch(indices);
-            let loss = loss_fn.forward(forward(&model, x), y);
+            let loss = loss_of(&model, x, y);
             let detached = loss.clone().detach().without_autodiff();
             loss_sum = Some(match loss_sum {
                 Some(sum) => sum + detached,
@@ -201,4 +244,65 @@ fn agreement_with(a: &[i64], b: impl Iterator<Item = i64>) -> f64 {
     }
     let same = a.iter().zip(b).filter(|(x, y)| **x == *y).count();
     same as f64 / a.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn logits(values: [[f32; 2]; 1], device: &burn::tensor::Device) -> Tensor<2> {
+        Tensor::from_data(TensorData::from(values), device)
+    }
+
+    /// The teacher's term by hand: teacher logits `[0, ln 3]` give targets `[1/4, 3/4]` at
+    /// `T = 1`; a student at `[0, 0]` has log-probabilities `−ln 2`, so the term is `ln 2`,
+    /// times `T²` at any temperature; weight 0 leaves the labels' loss alone.
+    #[test]
+    fn distillation_loss_by_hand() {
+        let device = burn_quant::default_device().unwrap();
+        let teacher = logits([[0.0, 3f32.ln()]], &device);
+        let student = logits([[0.0, 0.0]], &device);
+        let hard = Tensor::<1>::from_floats([0.5], &device);
+        let value = |temperature: f64, weight: f64| {
+            let distill = Distillation {
+                temperature,
+                weight,
+            };
+            distill
+                .loss(student.clone(), teacher.clone(), hard.clone())
+                .into_scalar::<f32>()
+        };
+        let ln2 = 2f32.ln();
+        assert!((value(1.0, 1.0) - ln2).abs() < 1e-6);
+        assert!((value(2.0, 1.0) - 4.0 * ln2).abs() < 1e-5);
+        assert!((value(1.0, 0.5) - (0.25 + 0.5 * ln2)).abs() < 1e-6);
+        assert_eq!(value(3.0, 0.0), 0.5);
+    }
+
+    /// The teacher's term pulls the student towards the teacher: its gradient is
+    /// `(softmax(s/T) − softmax(t/T)) / T` per example, zero where they agree.
+    #[test]
+    fn distillation_gradient_vanishes_at_the_teacher() {
+        let device = burn_quant::default_device().unwrap().autodiff();
+        let distill = Distillation {
+            temperature: 2.0,
+            weight: 1.0,
+        };
+        let grad = |student: [[f32; 2]; 1]| {
+            let s = logits(student, &device).require_grad();
+            let t = logits([[1.0, -1.0]], &device);
+            let hard = Tensor::<1>::zeros([1], &device);
+            let g = s
+                .grad(&distill.loss(s.clone(), t, hard).backward())
+                .unwrap();
+            g.into_data().try_to_vec::<f32>().unwrap()
+        };
+        assert!(grad([[1.0, -1.0]]).iter().all(|g| g.abs() < 1e-6));
+        // softmax([0, 0]) − softmax([0.5, −0.5]) = [0.5 − 0.7311, 0.5 − 0.2689], times T² / T.
+        let g = grad([[0.0, 0.0]]);
+        let p = 1.0 / (1.0 + (-1f32).exp());
+        assert!((g[0] - 2.0 * (0.5 - p)).abs() < 1e-5, "{g:?}");
+        assert!((g[1] - 2.0 * (p - 0.5)).abs() < 1e-5, "{g:?}");
+    }
 }
