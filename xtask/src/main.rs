@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use burn_quant_mnist_protocol::MODELS;
 use methods::QuantMethod;
-use results::{LrSchedule, OptimizerKind, Results, SweepConfig};
+use results::{LrFromBits, LrSchedule, OptimizerKind, Results, SweepConfig};
 
 #[derive(Parser)]
 #[command(about = "burn-quant tasks", version)]
@@ -94,6 +94,10 @@ struct SweepArgs {
     /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.05].
     #[arg(long)]
     qat_lr: Option<f64>,
+    /// QAT learning rate from a bit width on, as BITS:LR (e.g. 5:0.003) [none: --qat-lr at
+    /// every width].
+    #[arg(long, value_parser = LrFromBits::parse)]
+    qat_lr_from: Option<LrFromBits>,
     /// SGD momentum [0.5].
     #[arg(long)]
     momentum: Option<f64>,
@@ -198,6 +202,7 @@ impl SweepArgs {
             lr: self.lr.unwrap_or(0.01),
             qat_epochs: self.qat_epochs.unwrap_or(if quick { 1 } else { 2 }),
             qat_lr: self.qat_lr.unwrap_or(defaults.qat_lr),
+            qat_lr_from: self.qat_lr_from.or(defaults.qat_lr_from),
             momentum: self.momentum.unwrap_or(0.5),
             calib_batches: self.calib_batches.unwrap_or(if quick { 20 } else { 200 }),
             seed: self.seed.unwrap_or(1),

@@ -8,7 +8,9 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use crate::plot::plot_methods;
-use crate::results::{LrSchedule, Mode, OptimizerKind, Results, SEED_PTQ, SEED_QAT, write_atomic};
+use crate::results::{
+    LrFromBits, LrSchedule, Mode, OptimizerKind, Results, SEED_PTQ, SEED_QAT, write_atomic,
+};
 
 /// A quantization method: its observers, schemes, protocol and QAT recipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, Serialize, Deserialize)]
@@ -44,6 +46,8 @@ pub struct MethodDefaults {
     pub qat_schedule: LrSchedule,
     /// QAT learning rate (full or quick sweep).
     pub qat_lr: f64,
+    /// QAT learning rate from a bit width on.
+    pub qat_lr_from: Option<LrFromBits>,
     /// Range of a batch of weights.
     pub weight_range: &'static str,
     /// Range of a batch of activations.
@@ -77,6 +81,7 @@ impl QuantMethod {
             qat_optimizer: OptimizerKind::Sgd,
             qat_schedule: LrSchedule::Constant,
             qat_lr: if quick { 0.01 } else { 0.001 },
+            qat_lr_from: None,
             weight_range: "minmax",
             activation_range: "minmax",
             activation_step_grad: "all",

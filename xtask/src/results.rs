@@ -33,6 +33,9 @@ pub struct SweepConfig {
     pub qat_epochs: usize,
     /// QAT learning rate.
     pub qat_lr: f64,
+    /// QAT learning rate from a bit width on (`None`: `qat_lr` at every width).
+    #[serde(default)]
+    pub qat_lr_from: Option<LrFromBits>,
     /// SGD momentum.
     pub momentum: f64,
     /// PTQ calibration batches.
@@ -94,6 +97,43 @@ pub struct SweepConfig {
 
 fn four() -> f64 {
     4.0
+}
+
+/// A QAT learning rate for the bit widths from `bits` on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LrFromBits {
+    /// The narrowest bit width it applies to.
+    pub bits: u32,
+    /// The learning rate.
+    pub lr: f64,
+}
+
+impl LrFromBits {
+    /// Parses `BITS:LR`, e.g. `5:0.003`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (bits, lr) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected BITS:LR, e.g. 5:0.003, got `{s}`"))?;
+        let bits = bits
+            .trim()
+            .parse()
+            .map_err(|e| format!("bits `{bits}`: {e}"))?;
+        let lr: f64 = lr.trim().parse().map_err(|e| format!("lr `{lr}`: {e}"))?;
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("the learning rate must be positive, got {lr}"));
+        }
+        Ok(Self { bits, lr })
+    }
+}
+
+impl SweepConfig {
+    /// The QAT learning rate at `bits`.
+    pub fn qat_lr_at(&self, bits: u32) -> f64 {
+        match self.qat_lr_from {
+            Some(from) if bits >= from.bits => from.lr,
+            _ => self.qat_lr,
+        }
+    }
 }
 
 fn all() -> String {
@@ -376,6 +416,7 @@ pub(crate) mod tests {
             lr: 0.01,
             qat_epochs: 1,
             qat_lr: 0.001,
+            qat_lr_from: None,
             momentum: 0.5,
             calib_batches: 20,
             seed: 1,
@@ -405,6 +446,17 @@ pub(crate) mod tests {
             fake_quant: v,
             integer: v,
             agreement: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_learning_rate_from_a_bit_width_on() {
+        let mut c = config();
+        assert_eq!(c.qat_lr_at(8), c.qat_lr);
+        c.qat_lr_from = Some(LrFromBits::parse("5:0.003").unwrap());
+        assert_eq!((c.qat_lr_at(4), c.qat_lr_at(5)), (c.qat_lr, 0.003));
+        for bad in ["5", "x:0.1", "5:-1", "5:nan"] {
+            assert!(LrFromBits::parse(bad).is_err(), "{bad}");
         }
     }
 

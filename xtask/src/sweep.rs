@@ -119,7 +119,7 @@ impl Sweep {
             "--qat-epochs".into(),
             c.qat_epochs.to_string(),
             "--qat-lr".into(),
-            c.qat_lr.to_string(),
+            c.qat_lr_at(bits).to_string(),
             "--momentum".into(),
             c.momentum.to_string(),
             "--calib-batches".into(),

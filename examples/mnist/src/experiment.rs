@@ -168,14 +168,15 @@ pub fn qat<M: MnistModel>(
     let cross_entropy = CrossEntropyLossConfig::new().init(&train_set.images.device());
     let teacher = net.clone().valid();
     let loss = |m: &M, x: Tensor<4>, y| {
-        let teacher_logits = config
-            .distill
-            .map(|_| teacher.logits(x.clone().without_autodiff(), Mode::Float));
+        let teacher_logits = config.distill.map(|distill| {
+            let logits = teacher.logits(x.clone().without_autodiff(), Mode::Float);
+            (distill, logits)
+        });
         let logits = m.logits(x, Mode::FakeQuant);
         let hard = cross_entropy.forward(logits.clone(), y);
-        match (config.distill, teacher_logits) {
-            (Some(distill), Some(teacher_logits)) => distill.loss(logits, teacher_logits, hard),
-            _ => hard,
+        match teacher_logits {
+            Some((distill, teacher_logits)) => distill.loss(logits, teacher_logits, hard),
+            None => hard,
         }
     };
     let mut schedule = |m: M, step: usize| {
