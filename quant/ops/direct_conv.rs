@@ -279,11 +279,9 @@ fn input_grad_shifted(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f32>
     // The padded input plane: (oh + kh − 1) × (ow + kw − 1) at stride 1.
     let (hp, wp) = (oh + kh - 1, ow + kw - 1);
     let unpadded = hp == h && wp == w;
+    // Output extents are at least 1 (`output_extent`).
     let run = (oh - 1) * wp + ow;
     let mut out = vec![0f32; dims.in_len()];
-    if plane == 0 {
-        return out;
-    }
     out.par_chunks_mut(dims.in_channels * in_plane)
         .enumerate()
         .for_each_init(

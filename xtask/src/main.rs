@@ -232,7 +232,9 @@ impl SweepArgs {
                 .clone()
                 .unwrap_or_else(|| defaults.activation_step_grad.into()),
             distill_weight: self.distill_weight.unwrap_or(defaults.distill_weight),
-            distill_temperature: self.distill_temperature.unwrap_or(4.0),
+            distill_temperature: self
+                .distill_temperature
+                .unwrap_or(results::DISTILL_TEMPERATURE),
         }
     }
 }

@@ -91,12 +91,15 @@ pub struct SweepConfig {
     #[serde(default)]
     pub distill_weight: f64,
     /// QAT: temperature of the distillation's softmaxes.
-    #[serde(default = "four")]
+    #[serde(default = "default_distill_temperature")]
     pub distill_temperature: f64,
 }
 
-fn four() -> f64 {
-    4.0
+/// The distillation temperature when none is given (the worker's default too).
+pub const DISTILL_TEMPERATURE: f64 = 4.0;
+
+fn default_distill_temperature() -> f64 {
+    DISTILL_TEMPERATURE
 }
 
 /// A QAT learning rate for the bit widths from `bits` on.
@@ -126,16 +129,6 @@ impl LrFromBits {
     }
 }
 
-impl SweepConfig {
-    /// The QAT learning rate at `bits`.
-    pub fn qat_lr_at(&self, bits: u32) -> f64 {
-        match self.qat_lr_from {
-            Some(from) if bits >= from.bits => from.lr,
-            _ => self.qat_lr,
-        }
-    }
-}
-
 fn all() -> String {
     "all".into()
 }
@@ -157,6 +150,14 @@ fn constant() -> LrSchedule {
 }
 
 impl SweepConfig {
+    /// The QAT learning rate at `bits`.
+    pub fn qat_lr_at(&self, bits: u32) -> f64 {
+        match self.qat_lr_from {
+            Some(from) if bits >= from.bits => from.lr,
+            _ => self.qat_lr,
+        }
+    }
+
     /// The part of the configuration the float model depends on, and the version of the
     /// checkpoint's layout (2: the models written with burn-quant's one-forward layers; the
     /// observers' learned steps are optional in it).
@@ -437,7 +438,7 @@ pub(crate) mod tests {
             activation_range: "minmax".into(),
             activation_step_grad: "all".into(),
             distill_weight: 0.0,
-            distill_temperature: 4.0,
+            distill_temperature: DISTILL_TEMPERATURE,
         }
     }
 

@@ -166,11 +166,11 @@ pub fn qat<M: MnistModel>(
         false => config.quantized(&net.clone().train(), bits)?,
     };
     let cross_entropy = CrossEntropyLossConfig::new().init(&train_set.images.device());
-    let teacher = net.clone().valid();
+    let teacher = config.distill.map(|distill| (distill, net.clone().valid()));
     let loss = |m: &M, x: Tensor<4>, y| {
-        let teacher_logits = config.distill.map(|distill| {
+        let teacher_logits = teacher.as_ref().map(|(distill, teacher)| {
             let logits = teacher.logits(x.clone().without_autodiff(), Mode::Float);
-            (distill, logits)
+            (*distill, logits)
         });
         let logits = m.logits(x, Mode::FakeQuant);
         let hard = cross_entropy.forward(logits.clone(), y);
