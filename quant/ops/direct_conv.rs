@@ -33,6 +33,8 @@ impl ConvDims {
         let [out_channels, depth, kh, kw] = weight;
         let groups = options.groups;
         if groups == 0
+            || depth == 0
+            || out_channels == 0
             || in_channels != depth * groups
             || out_channels % groups != 0
             || kh == 0
@@ -742,6 +744,15 @@ mod tests {
             .iter()
             .map(|o| ConvDims::new([2, 6, 7, 9], [6, 6 / o.groups, 3, 2], o).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn empty_channel_counts_are_not_a_direct_convolution() {
+        // They fall back to Burn's op: a zero chunk size would make the kernels panic.
+        let o = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        assert!(ConvDims::new([2, 0, 5, 5], [4, 0, 3, 3], &o).is_none());
+        assert!(ConvDims::new([2, 3, 5, 5], [0, 3, 3, 3], &o).is_none());
+        assert!(ConvDims::new([2, 3, 5, 5], [4, 3, 3, 3], &o).is_some());
     }
 
     #[test]

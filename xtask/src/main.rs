@@ -94,8 +94,8 @@ struct SweepArgs {
     /// QAT learning rate [the method's: seed and ema 0.001 (quick: 0.01), lsq 0.05].
     #[arg(long)]
     qat_lr: Option<f64>,
-    /// QAT learning rate from a bit width on, as BITS:LR (e.g. 5:0.003) [none: --qat-lr at
-    /// every width].
+    /// QAT learning rate from a bit width on, as BITS:LR (e.g. 5:0.003) [the method's: lsq
+    /// 7:0.01; seed and ema none, --qat-lr at every width].
     #[arg(long, value_parser = LrFromBits::parse)]
     qat_lr_from: Option<LrFromBits>,
     /// SGD momentum [0.5].

@@ -23,9 +23,9 @@ pub enum QuantMethod {
     Ema,
     /// Learned step sizes (LSQ) after a PTQ calibration (MSE ranges for weights and
     /// activations); weights symmetric narrow-range per output channel (ternary at 2
-    /// bits, binary at 1); integer logits; SGD with a cosine schedule from lr 0.05 and the
-    /// paper's per-example gradient scale of activation steps; the recipe chosen on a
-    /// validation split (docs/results.md).
+    /// bits, binary at 1); integer logits; SGD with a cosine schedule from lr 0.05 (0.01 from
+    /// 7 bits on) and the paper's per-example gradient scale of activation steps; the recipe
+    /// chosen on a validation split (docs/results.md).
     Lsq,
 }
 
@@ -97,12 +97,14 @@ impl QuantMethod {
             // activations (the best PTQ accuracy at 2, 3 and 4 bits of the four calibrations
             // tried; also the start of QAT); SGD with a cosine schedule from lr 0.05 (at 2 bits
             // above 0.01 and 0.02 cosine, 0.003 constant, Adam 0.001 cosine; distilling the
-            // float model did not add to it); activation steps' gradient scale per example.
+            // float model did not add to it); lr 0.01 from 7 bits on (0.05 fell below it at 7
+            // and 8 bits, level at 4-6); activation steps' gradient scale per example.
             Self::Lsq => MethodDefaults {
                 lsq: true,
                 symmetric_weights: true,
                 integer_logits: true,
                 qat_lr: 0.05,
+                qat_lr_from: Some(LrFromBits { bits: 7, lr: 0.01 }),
                 qat_schedule: LrSchedule::Cosine,
                 weight_range: "mse",
                 activation_range: "mse",
@@ -269,5 +271,7 @@ mod tests {
         assert!(lsq.lsq && lsq.symmetric_weights && lsq.integer_logits);
         assert!(!seed.lsq && !seed.integer_logits && seed.ema_momentum.is_none());
         assert_eq!(QuantMethod::Ema.defaults(false).ema_momentum, Some(0.01));
+        assert_eq!(seed.qat_lr_from, None);
+        assert_eq!(lsq.qat_lr_from.map(|r| r.bits), Some(7));
     }
 }
