@@ -45,6 +45,7 @@ impl LayerObservers {
         accumulate: impl Fn(Tensor<D>, Tensor<DW>) -> Tensor<D>,
         float: impl FnOnce(Tensor<D>, Tensor<DW>, Option<Tensor<1>>) -> Tensor<D>,
     ) -> Quantized<D> {
+        self.observe_input_mean(&x);
         if self.evaluates_exactly(&x)
             && let Some(exact) =
                 self.exact_output(&x, input, &weight, &bias, fan_in, relu_after, &accumulate)

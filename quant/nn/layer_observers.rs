@@ -3,11 +3,11 @@
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{Mode, QConfig, QTensor, QValue, Quantized};
+use super::{InputMean, Mode, QConfig, QTensor, QValue, Quantized};
 use crate::backend::host_i32;
 use crate::engine::Requantizer;
 use crate::export::{ActivationGrid, ExportOp, IntBias, IntWeight, not_integer};
-use crate::fake_quant::fake_quant_on_grid;
+use crate::fake_quant::{fake_quant, fake_quant_on_grid};
 use crate::{MinMaxObserver, QParams, QuantError, Ste, quantize};
 
 /// Grid of the int32 bias.
@@ -22,6 +22,9 @@ pub struct LayerObservers {
     pub weight: MinMaxObserver,
     /// Output observer.
     pub output: MinMaxObserver,
+    /// The input's channel means for bias correction ([`QConfig::bias_correction`]), updated
+    /// while the output observer observes.
+    pub bias_correction: Option<InputMean>,
     #[module(skip)]
     pub(crate) quantize_bias: bool,
     #[module(skip)]
@@ -52,11 +55,12 @@ pub struct FrozenWeights<const D: usize> {
 }
 
 impl LayerObservers {
-    /// Observers for a weight with `channels` output channels along `weight_axis`.
+    /// Observers for a weight with `channels` output channels along `weight_axis`, on an
+    /// input of `inputs` channels.
     pub fn new(
         qconfig: &QConfig,
         observe_input: bool,
-        channels: usize,
+        [inputs, channels]: [usize; 2],
         weight_axis: usize,
         device: &Device,
     ) -> Self {
@@ -64,6 +68,9 @@ impl LayerObservers {
             input: observe_input.then(|| qconfig.activation_observer(device)),
             weight: qconfig.weight_observer(channels, weight_axis, device),
             output: qconfig.activation_observer(device),
+            bias_correction: qconfig
+                .bias_correction
+                .then(|| InputMean::new(inputs, device)),
             quantize_bias: qconfig.quantize_bias,
             exact_eval: qconfig.exact_eval,
             weight_axis,
@@ -233,6 +240,34 @@ impl LayerObservers {
         Ok(ops)
     }
 
+    /// Records the channel means of a layer's (fake-quantized) input for bias correction, while
+    /// the output observer observes.
+    pub(crate) fn observe_input_mean<const D: usize>(&self, x: &Tensor<D>) {
+        if let Some(mean) = &self.bias_correction
+            && self.output.is_observing()
+        {
+            mean.update(x);
+        }
+    }
+
+    /// `bias` plus the bias correction of a weight used as `rounded` (unchanged without bias
+    /// correction or before it has seen a batch; a missing bias becomes the correction).
+    fn corrected_bias<const D: usize>(
+        &self,
+        weight: Tensor<D>,
+        rounded: Tensor<D>,
+        bias: Option<Tensor<1>>,
+    ) -> Option<Tensor<1>> {
+        let shift = self
+            .bias_correction
+            .as_ref()
+            .and_then(|mean| mean.bias_shift(weight, rounded, self.weight_axis));
+        match (bias, shift) {
+            (Some(bias), Some(shift)) => Some(bias + shift),
+            (bias, shift) => bias.or(shift),
+        }
+    }
+
     /// Fake-quantizes the weight, and the bias on the `Si·Sw` grid when configured.
     pub fn quantize_parameters<const D: usize>(
         &self,
@@ -240,7 +275,9 @@ impl LayerObservers {
         bias: Option<Tensor<1>>,
         input: &QParams,
     ) -> (Tensor<D>, Option<Tensor<1>>) {
-        let (weight, weight_qparams) = self.weight.observe_and_fake_quant(weight);
+        let (rounded, weight_qparams) = self.weight.observe_and_fake_quant(weight.clone());
+        let bias = self.corrected_bias(weight, rounded.clone(), bias);
+        let weight = rounded;
         let bias = match bias {
             Some(bias) if self.quantize_bias => {
                 let scale = weight_qparams.scale * input.scale.clone();
@@ -290,9 +327,16 @@ impl LayerObservers {
         input: &QParams,
     ) -> Result<FrozenWeights<D>, QuantError> {
         let device = weight.device();
+        let weight_qparams = self.weight.checked_qparams()?;
+        let bias = match &self.bias_correction {
+            Some(_) => {
+                let rounded = fake_quant(weight.clone(), &weight_qparams, Ste::Identity);
+                self.corrected_bias(weight.clone(), rounded, bias)
+            }
+            None => bias,
+        };
         let bias =
             bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[self.weight_axis]], &device));
-        let weight_qparams = self.weight.checked_qparams()?;
         let output = self.output.checked_qparams()?;
         let (si, zi) = host_scalar(input);
         let (so, zo) = host_scalar(&output);

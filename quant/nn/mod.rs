@@ -3,6 +3,7 @@
 //! on the integer engine, as the tensor's [`Mode`] says. The three forms are also available on
 //! their own (`forward_float`, `forward_fq`, `to_integer`).
 
+mod bias_correction;
 mod exact_eval;
 pub(crate) mod layer_observers;
 mod qadd;
@@ -16,6 +17,7 @@ mod qrelu;
 mod qtensor;
 mod quantized;
 
+pub use bias_correction::InputMean;
 pub use layer_observers::{FrozenWeights, LayerObservers};
 pub use qadd::{QAdd, QAddConfig};
 pub use qavg_pool::QAvgPool2d;

@@ -56,6 +56,11 @@ pub struct QConfig {
     /// the elements of one channel).
     #[config(default = "StepGradScale::AllElements")]
     pub activation_step_grad: StepGradScale,
+    /// Bias correction: each layer with weights records the channel means of its input while
+    /// calibrating and adds `(W − Ŵ)·E[x]` to its bias, the shift of its mean output that
+    /// rounding the weights causes (see [`InputMean`](super::InputMean)).
+    #[config(default = false)]
+    pub bias_correction: bool,
 }
 
 impl QConfig {

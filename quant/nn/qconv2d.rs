@@ -96,7 +96,8 @@ impl QConv2d {
     pub fn new(conv: Conv2d, qconfig: &QConfig, observe_input: bool) -> Self {
         let device = conv.weight.val().device();
         let channels = conv.weight.dims()[0];
-        let observers = LayerObservers::new(qconfig, observe_input, channels, 0, &device);
+        let inputs = conv.weight.dims()[1] * conv.groups;
+        let observers = LayerObservers::new(qconfig, observe_input, [inputs, channels], 0, &device);
         Self { conv, observers }
     }
 

@@ -111,7 +111,8 @@ impl QConvBn {
     ) -> Self {
         let device = conv.weight.val().device();
         let channels = conv.weight.dims()[0];
-        let observers = LayerObservers::new(qconfig, observe_input, channels, 0, &device);
+        let inputs = conv.weight.dims()[1] * conv.groups;
+        let observers = LayerObservers::new(qconfig, observe_input, [inputs, channels], 0, &device);
         Self {
             conv,
             bn,

@@ -67,8 +67,8 @@ impl QLinear {
     /// Wraps `linear`; `observe_input` gives it its own input observer.
     pub fn new(linear: Linear, qconfig: &QConfig, observe_input: bool) -> Self {
         let device = linear.weight.val().device();
-        let channels = linear.weight.dims()[1];
-        let observers = LayerObservers::new(qconfig, observe_input, channels, 1, &device);
+        let [inputs, channels] = linear.weight.dims();
+        let observers = LayerObservers::new(qconfig, observe_input, [inputs, channels], 1, &device);
         Self { linear, observers }
     }
 

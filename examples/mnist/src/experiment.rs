@@ -56,6 +56,9 @@ pub struct PipelineConfig {
     pub activation_step_grad: StepGradScale,
     /// QAT: distil the float model's logits into the quantized model (`None`: labels only).
     pub distill: Option<Distillation>,
+    /// Correct each layer's bias for the mean shift of its rounded weights, from the input
+    /// means seen while calibrating ([`QConfig::bias_correction`]).
+    pub bias_correction: bool,
 }
 
 impl PipelineConfig {
@@ -81,6 +84,7 @@ impl PipelineConfig {
             activation_range: RangeEstimator::MinMax,
             activation_step_grad: StepGradScale::AllElements,
             distill: None,
+            bias_correction: false,
         }
     }
 
@@ -107,7 +111,8 @@ impl PipelineConfig {
             .with_learned_step(self.learned_step)
             .with_weight_range(self.weight_range)
             .with_activation_range(self.activation_range)
-            .with_activation_step_grad(self.activation_step_grad))
+            .with_activation_step_grad(self.activation_step_grad)
+            .with_bias_correction(self.bias_correction))
     }
 }
 

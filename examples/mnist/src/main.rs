@@ -75,6 +75,10 @@ struct Args {
     /// elements of a batch or those `per-example` (LSQ's features per layer).
     #[arg(long, default_value = "all", value_parser = StepGradScale::parse)]
     activation_step_grad: StepGradScale,
+    /// Bias correction: add each layer's mean output error from rounding its weights,
+    /// `(W − Ŵ)·E[x]` with the input means of the calibration batches, to its bias.
+    #[arg(long)]
+    bias_correction: bool,
     /// QAT: distil the float model into the quantized one with this weight of the teacher's
     /// term in `[0, 1]` (0: labels only).
     #[arg(long, default_value_t = 0.0)]
@@ -294,6 +298,7 @@ fn run<M: MnistModel>(args: &Args) {
         weight_range: args.weight_range,
         activation_range: args.activation_range,
         activation_step_grad: args.activation_step_grad,
+        bias_correction: args.bias_correction,
         distill: (args.distill_weight > 0.0).then_some(Distillation {
             temperature: args.distill_temperature,
             weight: args.distill_weight,
