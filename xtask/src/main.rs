@@ -176,6 +176,9 @@ struct SweepArgs {
     /// QAT: temperature of the distillation's softmaxes [4].
     #[arg(long)]
     distill_temperature: Option<f64>,
+    /// Bias correction from the calibration's input means: true or false [the method's].
+    #[arg(long)]
+    bias_correction: Option<bool>,
     /// Hold out the last N training images and evaluate on them instead of the test set (for
     /// choosing settings; the float model is trained without them).
     #[arg(long)]
@@ -235,6 +238,7 @@ impl SweepArgs {
             distill_temperature: self
                 .distill_temperature
                 .unwrap_or(results::DISTILL_TEMPERATURE),
+            bias_correction: self.bias_correction.unwrap_or(defaults.bias_correction),
         }
     }
 }

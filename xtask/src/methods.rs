@@ -56,6 +56,8 @@ pub struct MethodDefaults {
     pub activation_step_grad: &'static str,
     /// QAT: weight of the float model's term in the distillation loss.
     pub distill_weight: f64,
+    /// Bias correction from the calibration's input means.
+    pub bias_correction: bool,
 }
 
 impl QuantMethod {
@@ -86,6 +88,7 @@ impl QuantMethod {
             activation_range: "minmax",
             activation_step_grad: "all",
             distill_weight: 0.0,
+            bias_correction: false,
         };
         match self {
             Self::Seed => seed,

@@ -93,6 +93,9 @@ pub struct SweepConfig {
     /// QAT: temperature of the distillation's softmaxes.
     #[serde(default = "default_distill_temperature")]
     pub distill_temperature: f64,
+    /// Bias correction from the calibration's input means (PTQ, and LSQ's calibration).
+    #[serde(default)]
+    pub bias_correction: bool,
 }
 
 /// The distillation temperature when none is given (the worker's default too).
@@ -439,6 +442,7 @@ pub(crate) mod tests {
             activation_step_grad: "all".into(),
             distill_weight: 0.0,
             distill_temperature: DISTILL_TEMPERATURE,
+            bias_correction: false,
         }
     }
 

@@ -177,6 +177,9 @@ impl Sweep {
         if c.float_bias {
             args.push("--float-bias".into());
         }
+        if c.bias_correction {
+            args.push("--bias-correction".into());
+        }
         if self.export_onnx {
             args.push("--export-onnx".into());
             args.push(self.out.display().to_string());
