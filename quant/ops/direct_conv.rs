@@ -5,9 +5,12 @@
 //! products over whole output planes, which vectorize. No per-group slices or copies of the
 //! weight.
 
+use std::mem::MaybeUninit;
+
 use burn::tensor::ops::ConvOptions;
 use rayon::prelude::*;
 
+use super::host_buffer::zeroed_chunks;
 use crate::simd::with_avx2;
 use crate::windows::{Windows, output_extent};
 
@@ -197,8 +200,12 @@ impl ConvDims {
 pub(crate) fn forward(dims: &ConvDims, x: &[f32], weight: &[f32], bias: &[f32]) -> Vec<f32> {
     let (plane, k) = (dims.out_plane(), dims.depth() * dims.taps());
     let per_group = dims.out_channels / dims.groups;
-    let mut out = vec![0f32; dims.out_len()];
-    out.par_chunks_mut(dims.out_channels * plane)
+    // Not zeroed first: every value is written once below (a memset of the whole output cost
+    // several percent of a training step of `Net`).
+    let len = dims.out_len();
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(dims.out_channels * plane)
         .enumerate()
         .for_each_init(
             || vec![0f32; k * plane],
@@ -214,11 +221,14 @@ pub(crate) fn forward(dims: &ConvDims, x: &[f32], weight: &[f32], bias: &[f32]) 
                             plane,
                         };
                         let y = &mut y[channels.start * plane..channels.end * plane];
-                        product.write(&bias[channels.clone()], y);
+                        product.write_uninit(&bias[channels.clone()], y);
                     }
                 })
             },
         );
+    // SAFETY: the groups' channel ranges cover every output channel of every image, and
+    // `write_uninit` writes every position of each of its rows.
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -238,29 +248,27 @@ pub(crate) fn input_grad(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f
         .map(|(o, r)| weight[o * k + r])
         .collect();
     let zeros = vec![0f32; k];
-    let mut out = vec![0f32; dims.in_len()];
-    out.par_chunks_mut(dims.in_channels * dims.in_plane())
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; k * plane],
-            |patches, (n, gx)| {
-                with_avx2(|| {
-                    for group in 0..dims.groups {
-                        let channels = group * per_group..(group + 1) * per_group;
-                        let start = (n * dims.out_channels + channels.start) * plane;
-                        let product = Product {
-                            left: &transposed[group * k * per_group..(group + 1) * k * per_group],
-                            right: &grad[start..start + per_group * plane],
-                            inner: per_group,
-                            plane,
-                        };
-                        product.write(&zeros, patches);
-                        dims.col2im_add(patches, group, gx);
-                    }
-                })
-            },
-        );
-    out
+    zeroed_chunks(
+        dims.in_len(),
+        dims.in_channels * dims.in_plane(),
+        || vec![0f32; k * plane],
+        |patches, n, gx| {
+            with_avx2(|| {
+                for group in 0..dims.groups {
+                    let channels = group * per_group..(group + 1) * per_group;
+                    let start = (n * dims.out_channels + channels.start) * plane;
+                    let product = Product {
+                        left: &transposed[group * k * per_group..(group + 1) * k * per_group],
+                        right: &grad[start..start + per_group * plane],
+                        inner: per_group,
+                        plane,
+                    };
+                    product.write(&zeros, patches);
+                    dims.col2im_add(patches, group, gx);
+                }
+            })
+        },
+    )
 }
 
 /// The most output channels per group for which [`input_grad`] takes the shifted-plane route.
@@ -283,53 +291,49 @@ fn input_grad_shifted(dims: &ConvDims, grad: &[f32], weight: &[f32]) -> Vec<f32>
     let unpadded = hp == h && wp == w;
     // Output extents are at least 1 (`output_extent`).
     let run = (oh - 1) * wp + ow;
-    let mut out = vec![0f32; dims.in_len()];
-    out.par_chunks_mut(dims.in_channels * in_plane)
-        .enumerate()
-        .for_each_init(
-            || (vec![0f32; per_group * oh * wp], vec![0f32; hp * wp]),
-            |(wide, padded), (n, gx)| {
-                with_avx2(|| {
-                    for group in 0..dims.groups {
-                        // The group's output gradients with rows `wp` apart; the columns past
-                        // `ow` stay 0.
-                        for o in 0..per_group {
-                            let start = (n * dims.out_channels + group * per_group + o) * plane;
-                            let dst = &mut wide[o * oh * wp..(o + 1) * oh * wp];
-                            for (row, src) in
-                                grad[start..start + plane].chunks_exact(ow).enumerate()
-                            {
-                                dst[row * wp..row * wp + ow].copy_from_slice(src);
-                            }
+    zeroed_chunks(
+        dims.in_len(),
+        dims.in_channels * in_plane,
+        || (vec![0f32; per_group * oh * wp], vec![0f32; hp * wp]),
+        |(wide, padded), n, gx| {
+            with_avx2(|| {
+                for group in 0..dims.groups {
+                    // The group's output gradients with rows `wp` apart; the columns past
+                    // `ow` stay 0.
+                    for o in 0..per_group {
+                        let start = (n * dims.out_channels + group * per_group + o) * plane;
+                        let dst = &mut wide[o * oh * wp..(o + 1) * oh * wp];
+                        for (row, src) in grad[start..start + plane].chunks_exact(ow).enumerate() {
+                            dst[row * wp..row * wp + ow].copy_from_slice(src);
                         }
-                        for ci in 0..depth {
-                            let c = group * depth + ci;
-                            let add_taps = |target: &mut [f32]| {
-                                for (i, j) in (0..kh).flat_map(|i| (0..kw).map(move |j| (i, j))) {
-                                    let to = &mut target[i * wp + j..][..run];
-                                    for o in 0..per_group {
-                                        let oc = group * per_group + o;
-                                        let a = weight[((oc * depth + ci) * kh + i) * kw + j];
-                                        axpy(a, &wide[o * oh * wp..][..run], to);
-                                    }
+                    }
+                    for ci in 0..depth {
+                        let c = group * depth + ci;
+                        let add_taps = |target: &mut [f32]| {
+                            for (i, j) in (0..kh).flat_map(|i| (0..kw).map(move |j| (i, j))) {
+                                let to = &mut target[i * wp + j..][..run];
+                                for o in 0..per_group {
+                                    let oc = group * per_group + o;
+                                    let a = weight[((oc * depth + ci) * kh + i) * kw + j];
+                                    axpy(a, &wide[o * oh * wp..][..run], to);
                                 }
-                            };
-                            let gin = &mut gx[c * in_plane..(c + 1) * in_plane];
-                            if unpadded {
-                                add_taps(gin);
-                            } else {
-                                padded.fill(0.0);
-                                add_taps(padded);
-                                for (iy, row) in gin.chunks_exact_mut(w).enumerate() {
-                                    row.copy_from_slice(&padded[(iy + top) * wp + left..][..w]);
-                                }
+                            }
+                        };
+                        let gin = &mut gx[c * in_plane..(c + 1) * in_plane];
+                        if unpadded {
+                            add_taps(gin);
+                        } else {
+                            padded.fill(0.0);
+                            add_taps(padded);
+                            for (iy, row) in gin.chunks_exact_mut(w).enumerate() {
+                                row.copy_from_slice(&padded[(iy + top) * wp + left..][..w]);
                             }
                         }
                     }
-                })
-            },
-        );
-    out
+                }
+            })
+        },
+    )
 }
 
 /// `dL/dweight` from `x` and `dL/dy`: per image, dot products of the output gradient planes
@@ -398,6 +402,15 @@ struct Product<'a> {
 impl Product<'_> {
     #[inline(always)]
     fn write(&self, init: &[f32], out: &mut [f32]) {
+        // SAFETY: `write_uninit` stores only initialized floats, so `out` stays initialized.
+        let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        self.write_uninit(init, out);
+    }
+
+    /// Row `o` of `out` (rows `plane` apart) becomes `init[o] + Σ_r left[o][r] · right[r]`,
+    /// for every row of `init`: each of these positions is written, none is read first.
+    #[inline(always)]
+    fn write_uninit(&self, init: &[f32], out: &mut [MaybeUninit<f32>]) {
         let (plane, inner) = (self.plane, self.inner);
         assert!(self.left.len() >= init.len() * inner && self.right.len() >= inner * plane);
         assert!(out.len() >= init.len() * plane);
@@ -405,11 +418,15 @@ impl Product<'_> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2; the sizes are asserted above.
-            done = unsafe { avx2::product(self, init, out) };
+            done = unsafe { avx2::product(self, init, out.as_mut_ptr().cast()) };
         }
         for (o, &start) in init.iter().enumerate() {
             let row = &mut out[o * plane + done..(o + 1) * plane];
-            row.fill(start);
+            for value in row.iter_mut() {
+                value.write(start);
+            }
+            // SAFETY: every value of `row` was written just above.
+            let row = unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) };
             for (r, &a) in self.left[o * inner..(o + 1) * inner].iter().enumerate() {
                 axpy(a, &self.right[r * plane + done..(r + 1) * plane], row);
             }
@@ -426,13 +443,15 @@ mod avx2 {
     /// Output positions per register block: two AVX registers.
     const BLOCK: usize = 16;
 
-    /// [`Product::write`] for every row and position; returns the positions written (all).
+    /// [`Product::write_uninit`] for every row and position (stores only: `out` may be
+    /// uninitialized); returns the positions written (all).
     ///
     /// # Safety
-    /// The CPU must support AVX2; `left`, `right` and `out` must hold the sizes that
-    /// [`Product::write`] asserts.
+    /// The CPU must support AVX2; `left` and `right` must hold the sizes that
+    /// [`Product::write_uninit`] asserts, and `out` must be valid for writes of
+    /// `init.len() · plane` floats.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn product(product: &Product<'_>, init: &[f32], out: &mut [f32]) -> usize {
+    pub(super) unsafe fn product(product: &Product<'_>, init: &[f32], out: *mut f32) -> usize {
         let mut o = 0;
         while o + 4 <= init.len() {
             // SAFETY: rows o..o + 4 exist (the caller's sizes).
@@ -459,7 +478,7 @@ mod avx2 {
     /// As [`product`], and `o + R <= init.len()`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    unsafe fn rows<const R: usize>(product: &Product<'_>, o: usize, init: &[f32], out: &mut [f32]) {
+    unsafe fn rows<const R: usize>(product: &Product<'_>, o: usize, init: &[f32], out: *mut f32) {
         let plane = product.plane;
         let mut p = 0;
         while p + BLOCK <= plane {
@@ -491,13 +510,12 @@ mod avx2 {
         product: &Product<'_>,
         o: usize,
         init: &[f32],
-        out: &mut [f32],
+        out: *mut f32,
         p: usize,
         mask: [__m256i; 2],
     ) {
         let (plane, inner) = (product.plane, product.inner);
         let (left, right) = (product.left.as_ptr(), product.right.as_ptr());
-        let out = out.as_mut_ptr();
         let mut acc = [[_mm256_setzero_ps(); 2]; R];
         for (j, acc) in acc.iter_mut().enumerate() {
             *acc = [_mm256_set1_ps(init[o + j]); 2];

@@ -9,6 +9,7 @@ use std::ops::Range;
 use burn::tensor::ops::MaxPoolOptions;
 use rayon::prelude::*;
 
+use super::host_buffer::zeroed_chunks;
 use crate::windows::{Windows, output_extent};
 
 /// The sizes of one max-pooling: input `[n, c, h, w]`, output `[n, c, oh, ow]`.
@@ -298,20 +299,19 @@ mod avx2 {
 pub(crate) fn backward(dims: &PoolDims, grad: &[f32], indices: &[i32]) -> Vec<f32> {
     let in_plane = dims.windows.input[0] * dims.windows.input[1];
     let out_plane = dims.windows.output[0] * dims.windows.output[1];
-    let mut gx = vec![0f32; dims.planes * in_plane];
-    gx.par_chunks_mut(in_plane)
-        .zip(
-            grad.par_chunks(out_plane)
-                .zip(indices.par_chunks(out_plane)),
-        )
-        .for_each(|(gx, (gy, index))| {
-            for (&g, &k) in gy.iter().zip(index) {
+    zeroed_chunks(
+        dims.planes * in_plane,
+        in_plane,
+        || (),
+        |_, plane, gx| {
+            let window = plane * out_plane..(plane + 1) * out_plane;
+            for (&g, &k) in grad[window.clone()].iter().zip(&indices[window]) {
                 if let Some(slot) = usize::try_from(k).ok().and_then(|k| gx.get_mut(k)) {
                     *slot += g;
                 }
             }
-        });
-    gx
+        },
+    )
 }
 
 #[cfg(test)]

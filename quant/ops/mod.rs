@@ -12,6 +12,7 @@ mod conv2d;
 mod conv2d_autodiff;
 mod direct_conv;
 mod finite_extremes;
+mod host_buffer;
 mod max_pool2d;
 mod max_pool2d_autodiff;
 mod max_pool_kernels;
