@@ -212,6 +212,17 @@ fn net_at_2_4_and_8_bits_runs_in_onnxruntime_as_in_burn_quant() {
     let int4 = onnx_config().with_int4_weights(true);
     let name = "net-lsq-ptq-2bit-int4";
     assert_agrees(name, &run_exported(name, &ptq(&net, 2, &lsq), &int4), false);
+    // Bias correction: the exported biases are the corrected ones.
+    let corrected = PipelineConfig {
+        bias_correction: true,
+        ..lsq
+    };
+    let name = "net-lsq-ptq-2bit-bias-corrected";
+    assert_agrees(
+        name,
+        &run_in_onnxruntime(name, &ptq(&net, 2, &corrected)),
+        false,
+    );
 }
 
 #[test]
