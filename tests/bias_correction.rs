@@ -8,9 +8,9 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
-use burn_quant::nn::{Mode, QConfig, QConv2d, QLinear, QReLU, QTensor};
+use burn_quant::nn::{Mode, QConfig, QLinear, QTensor};
 use burn_quant::{QScheme, freeze};
-use common::{device, to_vec};
+use common::{ConvReluLinear, device, to_vec};
 
 /// Deterministic inputs in `[0, 1)` (a linear congruential sequence), so that the means the
 /// correction sees are far from 0.
@@ -72,43 +72,25 @@ fn the_mean_output_moves_towards_the_float_layer() {
     assert!(with < 0.5 * without, "gap {with} with, {without} without");
 }
 
-#[derive(Module, Debug)]
-struct Small {
-    conv: QConv2d,
-    relu: QReLU,
-    fc: QLinear,
+/// A grouped convolution 4 -> 6 channels and a linear layer, in float.
+fn float_layers(device: &Device) -> (Conv2d, Linear) {
+    let conv = Conv2dConfig::new([4, 6], [3, 3]).with_groups(2);
+    (
+        conv.init(device),
+        LinearConfig::new(6 * 4 * 4, 5).init(device),
+    )
 }
 
-impl Small {
-    /// Float layers: a grouped convolution and a linear layer.
-    fn float(device: &Device) -> (Conv2d, Linear) {
-        let conv = Conv2dConfig::new([4, 6], [3, 3]).with_groups(2);
-        (
-            conv.init(device),
-            LinearConfig::new(6 * 4 * 4, 5).init(device),
-        )
-    }
-
-    fn new((conv, fc): (Conv2d, Linear), bias_correction: bool) -> Self {
-        let q = qconfig(bias_correction);
-        Self {
-            conv: QConv2d::new(conv, &q, true),
-            relu: QReLU::new(),
-            fc: QLinear::new(fc, &q, false).with_integer_output(true),
-        }
-    }
-
-    fn forward(&self, x: QTensor<4>) -> QTensor<2> {
-        let y = self.relu.forward(self.conv.forward(x));
-        self.fc.forward(y.flatten(1, 3))
-    }
+/// Those layers quantized, with integer logits.
+fn small((conv, fc): (Conv2d, Linear), bias_correction: bool) -> ConvReluLinear {
+    ConvReluLinear::new(conv, fc, &qconfig(bias_correction), true)
 }
 
 #[test]
 fn a_corrected_model_runs_on_integers_bit_for_bit_and_survives_save_load() {
     let device = device();
-    let layers = Small::float(&device);
-    let model = Small::new(layers.clone(), true);
+    let layers = float_layers(&device);
+    let model = small(layers.clone(), true);
     for seed in 0..6 {
         model.forward(QTensor::new(
             inputs([8, 4, 6, 6], seed, &device),
@@ -133,7 +115,7 @@ fn a_corrected_model_runs_on_integers_bit_for_bit_and_survives_save_load() {
 
     let path = std::env::temp_dir().join(format!("bias_correction_{}.bpk", std::process::id()));
     model.clone().save_file(&path).unwrap();
-    let fresh = Small::new(Small::float(&device), true);
+    let fresh = small(float_layers(&device), true);
     let loaded = freeze(fresh.try_load_file(&path).unwrap()).unwrap();
     let loaded_int = to_vec(
         loaded
@@ -146,7 +128,7 @@ fn a_corrected_model_runs_on_integers_bit_for_bit_and_survives_save_load() {
     assert_eq!(loaded_int, int);
 
     // The correction changed the integers: the same layers calibrated without it differ.
-    let plain = Small::new(layers, false);
+    let plain = small(layers, false);
     for seed in 0..6 {
         plain.forward(QTensor::new(
             inputs([8, 4, 6, 6], seed, &device),

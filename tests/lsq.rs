@@ -8,14 +8,12 @@ use burn::module::Module;
 use burn::nn::{LinearConfig, PaddingConfig2d, conv::Conv2dConfig};
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use burn_quant::nn::{
-    Mode, QConfig, QConv2d, QConv2dConfig, QLinear, QLinearConfig, QReLU, QTensor,
-};
+use burn_quant::nn::{Mode, QConfig, QTensor};
 use burn_quant::{
     MinMaxObserverConfig, QParams, QScheme, Ste, StepGradScale, fake_quant, freeze, lsq_fake_quant,
     lsq_grad_scale, set_observing,
 };
-use common::{assert_fake_quant_eq, device, fake_quant_ref, in_range_ref, to_vec};
+use common::{ConvReluLinear, assert_fake_quant_eq, device, fake_quant_ref, in_range_ref, to_vec};
 
 const SHAPE: [usize; 3] = [4, 3, 5];
 const AXIS: usize = 1;
@@ -275,32 +273,11 @@ fn per_example_step_gradients_are_sqrt_batch_times_larger() {
     );
 }
 
-#[derive(Module, Debug)]
-struct Small {
-    conv: QConv2d,
-    relu: QReLU,
-    fc: QLinear,
-}
-
-impl Small {
-    fn new(qconfig: QConfig, device: &Device) -> Self {
-        let conv = Conv2dConfig::new([2, 4], [3, 3]).with_padding(PaddingConfig2d::Same);
-        Self {
-            conv: QConv2dConfig::new(conv, qconfig)
-                .with_observe_input(true)
-                .init(device)
-                .unwrap(),
-            relu: QReLU::new(),
-            fc: QLinearConfig::new(LinearConfig::new(4 * 6 * 6, 3), qconfig)
-                .init(device)
-                .unwrap(),
-        }
-    }
-
-    fn forward(&self, x: QTensor<4>) -> QTensor<2> {
-        let x = self.relu.forward(self.conv.forward(x));
-        self.fc.forward(x.flatten(1, 3))
-    }
+/// The model of the layer tests: a padded convolution 2 -> 4 channels on 6 × 6, ReLU, linear.
+fn small(qconfig: QConfig, device: &Device) -> ConvReluLinear {
+    let conv = Conv2dConfig::new([2, 4], [3, 3]).with_padding(PaddingConfig2d::Same);
+    let fc = LinearConfig::new(4 * 6 * 6, 3);
+    ConvReluLinear::new(conv.init(device), fc.init(device), &qconfig, false)
 }
 
 /// LSQ in layers: calibrate with observing on, train the steps with it off, freeze, and the
@@ -316,7 +293,7 @@ fn learned_steps_train_freeze_and_run_on_integers() {
     .with_quantize_bias(true)
     .with_exact_eval(true);
     let batch = |d: &Device| Tensor::<4>::random([8, 2, 6, 6], Distribution::Normal(0.0, 1.0), d);
-    let model = Small::new(qconfig, &device);
+    let model = small(qconfig, &device);
     for _ in 0..3 {
         model.forward(QTensor::new(batch(&device), Mode::FakeQuant));
     }

@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests: the device under test and scalar references.
 #![allow(dead_code)]
 
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor};
 use burn_quant::default_device;
+use burn_quant::nn::{QConfig, QConv2d, QLinear, QReLU, QTensor};
 
 /// mimalloc reuses the large buffers Burn's CPU backends allocate at every op (see
 /// docs/performance.md).
@@ -70,5 +74,30 @@ pub fn cpu_cases() -> u32 {
     match default_backend() {
         Ok(BackendKind::Flex | BackendKind::NdArray) => 48,
         _ => 0,
+    }
+}
+
+/// A small quantized CNN: convolution (observing its own input), ReLU, flatten, linear.
+#[derive(Module, Debug)]
+pub struct ConvReluLinear {
+    pub conv: QConv2d,
+    pub relu: QReLU,
+    pub fc: QLinear,
+}
+
+impl ConvReluLinear {
+    /// `conv` and `fc` quantized with `qconfig`; `integer_output`: integer logits.
+    pub fn new(conv: Conv2d, fc: Linear, qconfig: &QConfig, integer_output: bool) -> Self {
+        Self {
+            conv: QConv2d::new(conv, qconfig, true),
+            relu: QReLU::new(),
+            fc: QLinear::new(fc, qconfig, false).with_integer_output(integer_output),
+        }
+    }
+
+    /// The one forward.
+    pub fn forward(&self, x: QTensor<4>) -> QTensor<2> {
+        let x = self.relu.forward(self.conv.forward(x));
+        self.fc.forward(x.flatten(1, 3))
     }
 }
