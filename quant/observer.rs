@@ -280,33 +280,19 @@ impl MinMaxObserver {
     fn batch_range<const D: usize>(&self, x: Tensor<D>) -> (Tensor<1>, Tensor<1>) {
         let rows = match self.scheme.granularity() {
             Granularity::PerTensor => x.reshape([1, -1]),
-            Granularity::PerChannel { axis } => self.channel_rows(x, axis),
+            Granularity::PerChannel { axis } => channel_rows(x, axis),
         };
         if self.range == RangeEstimator::MinMax && !self.scheme.is_bipolar() {
             // One fused pass on the CPU backends.
             return finite_extremes(rows);
         }
-        let rows = rows.clone().mask_fill(rows.is_finite().bool_not(), 0.0);
+        let rows = finite_or_zero(rows);
         if self.scheme.is_bipolar() {
             let channels = rows.dims()[0];
             let mean_abs = rows.abs().mean_dim(1).reshape([channels]);
             return (mean_abs.clone().neg(), mean_abs);
         }
         self.range.rows_range(rows, self.scheme)
-    }
-
-    /// `x` as one row per index along `axis`.
-    ///
-    /// # Panics
-    /// When `axis` is not an axis of `x`.
-    fn channel_rows<const D: usize>(&self, x: Tensor<D>, axis: usize) -> Tensor<2> {
-        assert!(
-            axis < D,
-            "{}",
-            QuantError::AxisOutOfBounds { axis, rank: D }
-        );
-        let channels = x.dims()[axis];
-        x.swap_dims(0, axis).reshape([channels as i32, -1])
     }
 
     /// The current range `(min, max)` (not yet widened to contain 0).
@@ -452,4 +438,23 @@ pub fn set_observing<M: Module>(module: M, observing: bool) -> M {
         path: Vec::new(),
         observing,
     })
+}
+
+/// `x` as one row per index along `axis` (`[x.dims()[axis], rest]`).
+///
+/// # Panics
+/// When `axis` is not an axis of `x`.
+pub(crate) fn channel_rows<const D: usize>(x: Tensor<D>, axis: usize) -> Tensor<2> {
+    assert!(
+        axis < D,
+        "{}",
+        QuantError::AxisOutOfBounds { axis, rank: D }
+    );
+    let channels = x.dims()[axis];
+    x.swap_dims(0, axis).reshape([channels as i32, -1])
+}
+
+/// `x` with NaN and ±∞ replaced by 0.
+pub(crate) fn finite_or_zero<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone().mask_fill(x.is_finite().bool_not(), 0.0)
 }

@@ -130,11 +130,8 @@ fn extremes(rows: Tensor<2>) -> (Tensor<1>, Tensor<1>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::host_f32;
     use crate::default_device;
-
-    fn host(t: Tensor<1>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
 
     #[test]
     fn percentile_clips_the_outliers() {
@@ -148,9 +145,9 @@ mod tests {
         let (min, max) = RangeEstimator::percentile(99.0)
             .unwrap()
             .rows_range(rows.clone(), scheme);
-        assert_eq!((host(min), host(max)), (vec![-490.0], vec![490.0]));
+        assert_eq!((host_f32(min), host_f32(max)), (vec![-490.0], vec![490.0]));
         let (min, max) = RangeEstimator::MinMax.rows_range(rows, scheme);
-        assert_eq!((host(min), host(max)), (vec![-1e6], vec![1e6]));
+        assert_eq!((host_f32(min), host_f32(max)), (vec![-1e6], vec![1e6]));
     }
 
     #[test]
@@ -168,7 +165,7 @@ mod tests {
         let rows = Tensor::<2>::from_data(TensorData::new(values, [2, n]), &device);
         let scheme = QScheme::symmetric(4).unwrap().per_channel(3);
         let (_, max) = RangeEstimator::Mse.rows_range(rows, scheme);
-        let max = host(max);
+        let max = host_f32(max);
         assert!(max[0] >= 0.9, "{max:?}");
         assert!(max[1] < 8.0 * 0.5, "{max:?}");
     }

@@ -99,7 +99,10 @@ fn a_corrected_model_runs_on_integers_bit_for_bit_and_survives_save_load() {
     }
     let model = freeze(model).unwrap();
     let shift = model.conv.observers.bias_correction.as_ref().unwrap();
-    assert!(shift.mean().is_some(), "the input means were recorded");
+    assert!(
+        shift.mean(&device).is_some(),
+        "the input means were recorded"
+    );
     let x = inputs([16, 4, 6, 6], 99, &device);
     let fake = to_vec(
         model

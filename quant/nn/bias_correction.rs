@@ -5,6 +5,7 @@
 use burn::module::{Module, RunningState};
 use burn::tensor::{Device, Tensor};
 
+use crate::observer::{channel_rows, finite_or_zero};
 use crate::running;
 
 /// The per-channel mean of a layer's (quantized) input over the calibration batches, from
@@ -33,11 +34,9 @@ impl InputMean {
         if x.shape().num_elements() == 0 {
             return;
         }
-        let x = x.clone().detach();
-        let x = x.clone().mask_fill(x.is_finite().bool_not(), 0.0);
         let channels = x.dims()[1];
-        let means = x.swap_dims(0, 1).reshape([channels as i64, -1]).mean_dim(1);
-        let means = means.reshape([channels]);
+        let rows = channel_rows(finite_or_zero(x.clone().detach()), 1);
+        let means = rows.mean_dim(1).reshape([channels]);
         let device = means.device();
         running::exclusive(|| {
             let sum = running::read(&self.sum, &device);
@@ -47,10 +46,11 @@ impl InputMean {
         });
     }
 
-    /// The mean input per channel, `None` before the first batch.
-    pub fn mean(&self) -> Option<Tensor<1>> {
-        let sum = self.sum.value_sync();
-        let batches = self.batches.value_sync().to_device(&sum.device());
+    /// The mean input per channel on `device` (a replica's, when several share this state),
+    /// `None` before the first batch.
+    pub fn mean(&self, device: &Device) -> Option<Tensor<1>> {
+        let sum = running::read(&self.sum, device);
+        let batches = running::read(&self.batches, device);
         let seen = batches.clone().into_scalar::<f32>();
         (seen > 0.0).then(|| sum / batches)
     }
@@ -73,7 +73,7 @@ impl InputMean {
         rounded: Tensor<D>,
         output_axis: usize,
     ) -> Option<Tensor<1>> {
-        let mean = self.mean()?;
+        let mean = self.mean(&weight.device())?;
         let error = (weight - rounded).detach();
         let dims = error.dims();
         let channels = mean.dims()[0];
@@ -107,18 +107,15 @@ impl InputMean {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::host_f32;
     use crate::default_device;
     use burn::tensor::TensorData;
-
-    fn host(t: Tensor<1>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    }
 
     #[test]
     fn the_mean_is_over_batches_and_the_plane() {
         let device = default_device().unwrap();
         let mean = InputMean::new(2, &device);
-        assert!(mean.mean().is_none());
+        assert!(mean.mean(&device).is_none());
         // [1, 2, 1, 2]: channel 0 holds 1 and 3, channel 1 holds 10 and 20.
         let a = Tensor::<4>::from_data(
             TensorData::new(vec![1f32, 3., 10., 20.], [1, 2, 1, 2]),
@@ -130,7 +127,7 @@ mod tests {
         );
         mean.update(&a);
         mean.update(&b);
-        assert_eq!(host(mean.mean().unwrap()), vec![1.0, 8.0]);
+        assert_eq!(host_f32(mean.mean(&device).unwrap()), vec![1.0, 8.0]);
     }
 
     #[test]
@@ -147,7 +144,7 @@ mod tests {
         let rounded: Vec<f32> = weight.iter().map(|w| w.round()).collect();
         let w = Tensor::<4>::from_data(TensorData::new(weight.clone(), [4, 2, 1, 2]), &device);
         let r = Tensor::<4>::from_data(TensorData::new(rounded.clone(), [4, 2, 1, 2]), &device);
-        let shift = host(mean.bias_shift(w, r, 0).unwrap());
+        let shift = host_f32(mean.bias_shift(w, r, 0).unwrap());
         let mu = [1.0f32, 2.0, 3.0, 4.0];
         for (o, &s) in shift.iter().enumerate() {
             let group = o / 2;
@@ -170,7 +167,7 @@ mod tests {
             TensorData::new(vec![0.4f32, 0.6, 1.2, -0.3, 0.2, 0.9], [2, 3]),
             &device,
         );
-        let shift = host(mean.bias_shift(w.clone(), w.clone().round(), 1).unwrap());
+        let shift = host_f32(mean.bias_shift(w.clone(), w.clone().round(), 1).unwrap());
         let expected = [2.0 * 0.4 + 0.3, 2.0 * -0.4 - 0.2, 2.0 * 0.2 + 0.1];
         for (s, e) in shift.iter().zip(expected) {
             assert!((s - e).abs() < 1e-5, "{shift:?} vs {expected:?}");
