@@ -125,6 +125,13 @@ impl std::ops::Deref for HostInts {
     }
 }
 
+impl HostInts {
+    /// The values as tensor data again (i32), e.g. to rebuild the tensor they came from.
+    pub(crate) fn into_data(self) -> TensorData {
+        self.0
+    }
+}
+
 /// The values of `t` (on any device) as i32 in host memory.
 pub(crate) fn host_i32<const D: usize>(t: Tensor<D, Int>) -> HostInts {
     HostInts(t.into_data().convert::<i32>())

@@ -1,6 +1,9 @@
 //! Scale and zero point, computed from an observed range.
 
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::backend::is_host_device;
 
 use crate::{Granularity, QMode, QScheme, QuantError};
 
@@ -160,9 +163,41 @@ pub fn quantize<const D: usize>(x: Tensor<D>, qparams: &QParams) -> Tensor<D, In
     if qparams.scheme.is_bipolar() {
         return x.greater_equal_elem(0.0).int() * 2 - 1;
     }
-    let (scale, zero_point) = qparams.broadcast::<D>();
     let (qmin, qmax) = (qparams.scheme.qmin() as f32, qparams.scheme.qmax() as f32);
+    match is_host_device(&x.device()) && qparams.scale.dims() == [1] {
+        true => host_quantize(x, qparams, (qmin, qmax)),
+        false => tensor_quantize(x, qparams, (qmin, qmax)),
+    }
+}
+
+/// [`quantize`] composed of Burn tensor ops (any backend, any granularity).
+fn tensor_quantize<const D: usize>(
+    x: Tensor<D>,
+    qparams: &QParams,
+    (qmin, qmax): (f32, f32),
+) -> Tensor<D, Int> {
+    let (scale, zero_point) = qparams.broadcast::<D>();
     (x.div(scale).round() + zero_point).clamp(qmin, qmax).int()
+}
+
+/// [`quantize`] per tensor on host memory (the CPU backends): the same float operations in
+/// one pass over the values on rayon's threads instead of five tensor ops.
+fn host_quantize<const D: usize>(
+    x: Tensor<D>,
+    qparams: &QParams,
+    (qmin, qmax): (f32, f32),
+) -> Tensor<D, Int> {
+    let (device, shape) = (x.device(), x.dims());
+    let (scale, zero_point) = qparams.to_host();
+    let (scale, zero_point) = (scale[0], zero_point[0] as f32);
+    let data = x.into_data().convert::<f32>();
+    let values = data.as_slice::<f32>().expect("f32 data");
+    let q: Vec<i32> = values
+        .par_iter()
+        .with_min_len(1 << 12)
+        .map(|&v| ((v / scale).round_ties_even() + zero_point).clamp(qmin, qmax) as i32)
+        .collect();
+    Tensor::from_data(TensorData::new(q, shape), &device)
 }
 
 /// Dequantizes: `x = S * (q - Z)`.
@@ -175,6 +210,34 @@ pub fn dequantize<const D: usize>(q: Tensor<D, Int>, qparams: &QParams) -> Tenso
 mod tests {
     use super::*;
     use crate::{Signedness, default_device};
+
+    #[test]
+    fn host_quantize_equals_the_tensor_ops() {
+        let device = default_device().unwrap();
+        let mut values: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919) % 2001) as f32 * 0.0137 - 13.0)
+            .collect();
+        values.extend([0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -1.5, 1e7, -1e7]);
+        // No NaN: NdArray's tensor route panics converting it to an integer.
+        values.extend([f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE]);
+        let x = Tensor::<1>::from_floats(values.as_slice(), &device);
+        for (min, max, scheme) in [
+            (-13.0, 14.0, QScheme::affine(8).unwrap()),
+            (-1.0, 1.0, QScheme::affine(3).unwrap()),
+            (0.0, 4.0, QScheme::affine(2).unwrap()),
+            (-3.0, 3.0, QScheme::symmetric(4).unwrap()),
+        ] {
+            let qp = QParams::from_bounds(min, max, scheme, &device).unwrap();
+            let grid = (scheme.qmin() as f32, scheme.qmax() as f32);
+            let ints =
+                |q: Tensor<1, Int>| q.into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
+            assert_eq!(
+                ints(host_quantize(x.clone(), &qp, grid)),
+                ints(tensor_quantize(x.clone(), &qp, grid)),
+                "{scheme:?} on [{min}, {max}]"
+            );
+        }
+    }
 
     fn host(min: f32, max: f32, scheme: QScheme) -> (f32, i32) {
         let qp = QParams::from_bounds(min, max, scheme, &default_device().unwrap()).unwrap();

@@ -152,13 +152,11 @@ impl IntConv2d {
     /// 16-bit route on the host (when weights and input fit in it), elsewhere
     /// [`IntConv2d::forward_with_tensor_ops`]. Both give the same integers.
     pub fn forward(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
-        if let Some(packed) = &self.packed
-            && is_host_device(&q.device())
-            && let Some(y) = conv_requantize(self, packed, q.clone())
-        {
-            return y;
+        match &self.packed {
+            Some(packed) if is_host_device(&q.device()) => conv_requantize(self, packed, q)
+                .unwrap_or_else(|q| self.forward_with_tensor_ops(*q)),
+            _ => self.forward_with_tensor_ops(q),
         }
-        self.forward_with_tensor_ops(q)
     }
 
     /// Convolution and requantization composed of Burn tensor ops (runs on every backend).

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::IntConv2d;
 use super::host_requantize::requantize_into;
 use crate::backend::host_i32;
-use crate::ops::ConvDims;
+use crate::ops::{ConvDims, zeroed_chunks};
 
 /// The largest operand magnitude of the 16-bit route: with `|a|, |b| ≤ 32767` a pair sum
 /// `a₀b₀ + a₁b₁` is below `2^31`.
@@ -60,77 +60,90 @@ impl PackedWeights {
     }
 }
 
-/// [`IntConv2d::forward`] on host memory; `None` when the input is out of the 16-bit route's
-/// range (the caller then takes the tensor-op route).
+/// [`IntConv2d::forward`] on host memory; gives `q` back (`Err`) when the input is out of the
+/// 16-bit route's range (the caller then takes the tensor-op route).
+///
+/// Per image (on rayon's threads), group and pair of output channels: the patch matrix is
+/// unfolded from the input (minus its zero point, as i16), interleaved into row pairs, both
+/// channels' accumulators summed over one pass of it, and requantized into the output.
 pub(crate) fn conv_requantize(
     conv: &IntConv2d,
     packed: &PackedWeights,
     q: Tensor<4, Int>,
-) -> Option<Tensor<4, Int>> {
+) -> Result<Tensor<4, Int>, Box<Tensor<4, Int>>> {
     let device = q.device();
     let [n, c, h, w] = q.dims();
     let [groups, per_group, depth] = conv.weight.dims();
     let [kh, kw] = conv.geometry.kernel_size;
     let options = conv.geometry.options(groups, h, w);
-    let dims = ConvDims::new(
+    let Some(dims) = ConvDims::new(
         [n, c, h, w],
         [groups * per_group, depth / (kh * kw), kh, kw],
         &options,
-    )?;
+    ) else {
+        return Err(Box::new(q));
+    };
     // Real 0 is the zero point: after subtracting it, padding is with integer 0.
     let zi = conv.input_zero_point;
     let x = host_i32(q);
-    let (low, high) = x
-        .iter()
-        .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let fits = |v: i32| v.checked_sub(zi).is_some_and(|d| d.abs() <= OPERAND_LIMIT);
-    if !(x.is_empty() || fits(low) && fits(high)) {
-        return None;
+    if !x.par_chunks(1 << 14).all(|chunk| {
+        let (low, high) = chunk
+            .iter()
+            .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        fits(low) && fits(high)
+    }) {
+        return Err(Box::new(Tensor::from_data(x.into_data(), &device)));
     }
-    let x: Vec<i16> = x.iter().map(|&v| (v - zi) as i16).collect();
     let plane = dims.out_plane();
     // Pair rows padded to whole 8-lane vectors (zeros past the plane).
     let padded = plane.next_multiple_of(8);
     let rows = packed.per_channel;
-    let mut y = vec![0i32; n * dims.out_channels * plane];
-    y.par_chunks_mut(dims.out_channels * plane)
-        .enumerate()
-        .for_each_init(
-            || {
-                let patches = vec![0i16; depth * plane];
-                (patches, vec![0i16; rows * padded * 2], vec![0i32; padded])
-            },
-            |(patches, interleaved, acc), (image, out)| {
-                for group in 0..groups {
-                    dims.im2col(&x, image, group, patches);
-                    interleave(patches, plane, padded, interleaved);
-                    for o in group * per_group..(group + 1) * per_group {
+    let r = &conv.requantizer;
+    let requantize = |acc: &[i32], out: &mut [i32], o: usize| {
+        let grid = (r.qmin, r.qmax);
+        requantize_into(acc, out, r.multiplier(o), r.output_zero_point, grid);
+    };
+    let y = zeroed_chunks(
+        dims.out_len(),
+        (dims.out_channels * plane).max(1),
+        || {
+            let patches = vec![0i16; depth * plane];
+            (
+                patches,
+                vec![0i16; rows * padded * 2],
+                vec![0i32; 2 * padded],
+            )
+        },
+        |(patches, interleaved, acc), image, out| {
+            for group in 0..groups {
+                dims.im2col_map(&x, image, group, patches, |v| (v - zi) as i16);
+                interleave(patches, plane, padded, interleaved);
+                let channels = group * per_group..(group + 1) * per_group;
+                for o in channels.clone().step_by(2) {
+                    let out = &mut out[o * plane..];
+                    if o + 1 < channels.end {
+                        let weights = &packed.pairs[o * rows..(o + 2) * rows];
+                        let bias = [packed.bias[o], packed.bias[o + 1]];
+                        accumulate_two(interleaved, padded, weights, bias, acc);
+                        requantize(&acc[..plane], &mut out[..plane], o);
+                        requantize(&acc[padded..][..plane], &mut out[plane..2 * plane], o + 1);
+                    } else {
                         let weights = &packed.pairs[o * rows..(o + 1) * rows];
                         accumulate(interleaved, padded, weights, packed.bias[o], acc);
-                        let r = &conv.requantizer;
-                        requantize_into(
-                            &acc[..plane],
-                            &mut out[o * plane..(o + 1) * plane],
-                            r.multiplier(o),
-                            r.output_zero_point,
-                            (r.qmin, r.qmax),
-                        );
+                        requantize(&acc[..plane], &mut out[..plane], o);
                     }
                 }
-            },
-        );
-    Some(Tensor::from_data(
-        TensorData::new(
-            y,
-            [
-                n,
-                dims.out_channels,
-                dims.windows.output[0],
-                dims.windows.output[1],
-            ],
-        ),
-        &device,
-    ))
+            }
+        },
+    );
+    let shape = [
+        n,
+        dims.out_channels,
+        dims.windows.output[0],
+        dims.windows.output[1],
+    ];
+    Ok(Tensor::from_data(TensorData::new(y, shape), &device))
 }
 
 /// Rows `2r` and `2r + 1` of `patches` (`[depth, plane]`) as one row of pairs in
@@ -164,6 +177,27 @@ fn accumulate(interleaved: &[i16], padded: usize, weights: &[i32], bias: i32, ac
         return;
     }
     accumulate_portable(interleaved, padded, weights, bias, acc);
+}
+
+/// [`accumulate`] for two output channels over one pass of `interleaved`: `weights` holds
+/// both channels' pairs one after the other, `acc` both accumulators (`[2, padded]`).
+fn accumulate_two(
+    interleaved: &[i16],
+    padded: usize,
+    weights: &[i32],
+    bias: [i32; 2],
+    acc: &mut [i32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        unsafe { avx2::accumulate_two(interleaved, padded, weights, bias, acc) };
+        return;
+    }
+    let (first, second) = acc.split_at_mut(padded);
+    let rows = weights.len() / 2;
+    accumulate_portable(interleaved, padded, &weights[..rows], bias[0], first);
+    accumulate_portable(interleaved, padded, &weights[rows..], bias[1], second);
 }
 
 /// [`accumulate`] without SIMD intrinsics (any CPU; the reference of the AVX2 version).
@@ -239,6 +273,68 @@ mod avx2 {
             p += 1;
         }
     }
+
+    /// [`super::accumulate_two`]: 32 outputs of both channels at a time in eight registers
+    /// (each row vector loaded once for both), then 8 at a time.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn accumulate_two(
+        interleaved: &[i16],
+        padded: usize,
+        weights: &[i32],
+        bias: [i32; 2],
+        acc: &mut [i32],
+    ) {
+        let rows = weights.len() / 2;
+        assert!(padded.is_multiple_of(8) && acc.len() >= 2 * padded);
+        assert!(weights.len() == 2 * rows && interleaved.len() >= rows * padded * 2);
+        let (first, second) = weights.split_at(rows);
+        let vbias = [_mm256_set1_epi32(bias[0]), _mm256_set1_epi32(bias[1])];
+        let base = interleaved.as_ptr();
+        let out = acc.as_mut_ptr() as *mut __m256i;
+        let vectors = padded / 8;
+        let mut p = 0;
+        while p + 4 <= vectors {
+            let mut sums = [[vbias[0]; 4], [vbias[1]; 4]];
+            for (r, (&w0, &w1)) in first.iter().zip(second).enumerate() {
+                let w = [_mm256_set1_epi32(w0), _mm256_set1_epi32(w1)];
+                let row = base.wrapping_add(r * padded * 2) as *const __m256i;
+                for k in 0..4 {
+                    // SAFETY: vector `p + k < vectors` of row `r < rows` lies inside
+                    // `interleaved` (asserted above).
+                    let v = unsafe { _mm256_loadu_si256(row.add(p + k)) };
+                    for (c, sum) in sums.iter_mut().enumerate() {
+                        sum[k] = _mm256_add_epi32(sum[k], _mm256_madd_epi16(v, w[c]));
+                    }
+                }
+            }
+            for (c, sum) in sums.into_iter().enumerate() {
+                for (k, sum) in sum.into_iter().enumerate() {
+                    // SAFETY: vector `p + k < vectors` of channel `c < 2` lies inside `acc`
+                    // (asserted above).
+                    unsafe { _mm256_storeu_si256(out.add(c * vectors + p + k), sum) };
+                }
+            }
+            p += 4;
+        }
+        while p < vectors {
+            let mut sums = vbias;
+            for (r, (&w0, &w1)) in first.iter().zip(second).enumerate() {
+                let row = base.wrapping_add(r * padded * 2) as *const __m256i;
+                // SAFETY: as above.
+                let v = unsafe { _mm256_loadu_si256(row.add(p)) };
+                sums[0] = _mm256_add_epi32(sums[0], _mm256_madd_epi16(v, _mm256_set1_epi32(w0)));
+                sums[1] = _mm256_add_epi32(sums[1], _mm256_madd_epi16(v, _mm256_set1_epi32(w1)));
+            }
+            for (c, sum) in sums.into_iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm256_storeu_si256(out.add(c * vectors + p), sum) };
+            }
+            p += 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -266,6 +362,17 @@ mod tests {
                 let mut portable = vec![0i32; padded];
                 accumulate_portable(&interleaved, padded, weights, packed.bias[o], &mut portable);
                 assert_eq!(fast, portable, "depth {depth}, plane {plane}");
+                if o < 2 {
+                    let both = &packed.pairs[o * packed.per_channel..][..2 * packed.per_channel];
+                    let bias = [packed.bias[o], packed.bias[o + 1]];
+                    let mut two = vec![0i32; 2 * padded];
+                    accumulate_two(&interleaved, padded, both, bias, &mut two);
+                    assert_eq!(two[..padded], fast[..], "depth {depth}, plane {plane}");
+                    let mut next = vec![0i32; padded];
+                    let weights = &both[packed.per_channel..];
+                    accumulate_portable(&interleaved, padded, weights, bias[1], &mut next);
+                    assert_eq!(two[padded..], next[..], "depth {depth}, plane {plane}");
+                }
                 for p in 0..plane {
                     let plain: i64 = packed.bias[o] as i64
                         + (0..depth)

@@ -1,9 +1,9 @@
 //! Integer ReLU and max-pooling: exact on the grid.
 
 use burn::tensor::{Int, Tensor, TensorData};
-use rayon::prelude::*;
 
 use crate::backend::{host_i32, is_host_device};
+use crate::ops::zeroed_chunks;
 
 /// ReLU on the grid: `max(q, Z)` where `Z` is the zero point (real 0).
 pub fn int_relu<const D: usize>(q: Tensor<D, Int>, zero_point: i32) -> Tensor<D, Int> {
@@ -13,9 +13,14 @@ pub fn int_relu<const D: usize>(q: Tensor<D, Int>, zero_point: i32) -> Tensor<D,
 /// Non-overlapping max-pooling (kernel = stride, no padding), flooring odd sizes like PyTorch.
 /// On the CPU backends it runs directly on the host memory the tensor lives in.
 pub fn int_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
-    if is_host_device(&q.device()) {
-        return host_max_pool2d(q, kernel);
+    match is_host_device(&q.device()) {
+        true => host_max_pool2d(q, kernel),
+        false => tensor_max_pool2d(q, kernel),
     }
+}
+
+/// [`int_max_pool2d`] composed of Burn tensor ops (any backend).
+fn tensor_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let [n, c, h, w] = q.dims();
     let (ho, wo) = (h / kernel, w / kernel);
     let q = if (ho * kernel, wo * kernel) == (h, w) {
@@ -27,31 +32,75 @@ pub fn int_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     windows.max_dim(5).max_dim(3).reshape([n, c, ho, wo])
 }
 
-/// [`int_max_pool2d`] as a direct loop over each plane: per output row, the elementwise
-/// maximum of the `kernel` input rows, then of each window's `kernel` columns.
+/// [`int_max_pool2d`] as a direct loop over each plane (each output plane zeroed and filled on
+/// one of rayon's threads): 2 × 2 windows read straight from the two input rows, larger ones through the
+/// elementwise maximum of the `kernel` input rows, then of each window's `kernel` columns.
 fn host_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let device = q.device();
     let [n, c, h, w] = q.dims();
     let (ho, wo) = (h / kernel, w / kernel);
     let x = host_i32(q);
-    let mut y = vec![0i32; n * c * ho * wo];
-    y.par_chunks_mut(ho * wo)
-        .zip(x.par_chunks(h * w))
-        .for_each_init(
-            || vec![i32::MIN; wo * kernel],
-            |rows, (out, plane)| {
-                for (oh, out_row) in out.chunks_exact_mut(wo).enumerate() {
-                    rows.fill(i32::MIN);
-                    for input_row in plane[oh * kernel * w..].chunks(w).take(kernel) {
-                        for (m, &v) in rows.iter_mut().zip(input_row) {
-                            *m = (*m).max(v);
-                        }
+    let y = zeroed_chunks(
+        n * c * ho * wo,
+        (ho * wo).max(1),
+        || vec![i32::MIN; wo * kernel],
+        |rows, plane, out| {
+            let plane = &x[plane * h * w..][..h * w];
+            for (oh, out_row) in out.chunks_exact_mut(wo).enumerate() {
+                let input = &plane[oh * kernel * w..];
+                if kernel == 2 {
+                    let (top, bottom) = (&input[..2 * wo], &input[w..][..2 * wo]);
+                    let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+                    for (o, (a, b)) in out_row.iter_mut().zip(windows) {
+                        *o = a[0].max(a[1]).max(b[0].max(b[1]));
                     }
-                    for (o, window) in out_row.iter_mut().zip(rows.chunks_exact(kernel)) {
-                        *o = window.iter().copied().fold(i32::MIN, i32::max);
+                    continue;
+                }
+                rows.fill(i32::MIN);
+                for input_row in input.chunks(w).take(kernel) {
+                    for (m, &v) in rows.iter_mut().zip(input_row) {
+                        *m = (*m).max(v);
                     }
                 }
-            },
-        );
+                for (o, window) in out_row.iter_mut().zip(rows.chunks_exact(kernel)) {
+                    *o = window.iter().copied().fold(i32::MIN, i32::max);
+                }
+            }
+        },
+    );
     Tensor::from_data(TensorData::new(y, [n, c, ho, wo]), &device)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Distribution;
+
+    use super::*;
+    use crate::default_device;
+
+    #[test]
+    fn host_pooling_equals_the_tensor_route() {
+        let device = default_device().unwrap();
+        for (kernel, [h, w]) in [
+            (2, [9, 8]),
+            (2, [26, 26]),
+            (2, [1, 5]),
+            (3, [8, 10]),
+            (1, [3, 2]),
+        ] {
+            let q = Tensor::<4, Int>::random(
+                [3, 2, h, w],
+                Distribution::Uniform(-500.0, 500.0),
+                &device,
+            );
+            let host = host_max_pool2d(q.clone(), kernel).into_data();
+            let tensor = tensor_max_pool2d(q, kernel).into_data();
+            assert_eq!(host.shape(), tensor.shape(), "kernel {kernel}, {h}x{w}");
+            assert_eq!(
+                host.convert::<i32>().try_to_vec::<i32>().unwrap(),
+                tensor.convert::<i32>().try_to_vec::<i32>().unwrap(),
+                "kernel {kernel}, {h}x{w}"
+            );
+        }
+    }
 }

@@ -108,6 +108,20 @@ impl ConvDims {
         group: usize,
         patches: &mut [T],
     ) {
+        self.im2col_map(x, n, group, patches, |v| v);
+    }
+
+    /// [`Self::im2col`] with each input value passed through `convert` (padding stays
+    /// `U::default()`).
+    #[inline(always)]
+    pub(crate) fn im2col_map<T: Copy, U: Copy + Default>(
+        &self,
+        x: &[T],
+        n: usize,
+        group: usize,
+        patches: &mut [U],
+        convert: impl Fn(T) -> U,
+    ) {
         let (plane, in_plane, depth) = (self.out_plane(), self.in_plane(), self.depth());
         let ([_, iw], [_, ow], sw) = (
             self.windows.input,
@@ -115,7 +129,7 @@ impl ConvDims {
             self.windows.stride[1],
         );
         if self.padded() {
-            patches.fill(T::default());
+            patches.fill(U::default());
         }
         for ci in 0..depth {
             let c = n * self.in_channels + group * depth + ci;
@@ -129,11 +143,14 @@ impl ConvDims {
                         let out = &mut dst[oy * ow..][cols.clone()];
                         let src = &xin[iy * iw + ix..];
                         if sw == 1 {
-                            out.copy_from_slice(&src[..out.len()]);
+                            let len = out.len();
+                            out.iter_mut()
+                                .zip(&src[..len])
+                                .for_each(|(o, &v)| *o = convert(v));
                         } else {
                             out.iter_mut()
                                 .zip(src.iter().step_by(sw))
-                                .for_each(|(o, &v)| *o = v);
+                                .for_each(|(o, &v)| *o = convert(v));
                         }
                     }
                 }

@@ -6,18 +6,18 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-/// `len` floats in chunks of `chunk`: on rayon's threads each chunk is zeroed, then
+/// `len` values in chunks of `chunk`: on rayon's threads each chunk is zeroed, then
 /// `fill(state, index, chunk)` adds into it, with one `init()` state per rayon job (as
 /// `for_each_init`).
 ///
 /// # Panics
 /// When `chunk` is 0 or does not divide `len` (a broken invariant of the caller's sizes).
-pub(crate) fn zeroed_chunks<T>(
+pub(crate) fn zeroed_chunks<S, T: Copy + Default + Send + Sync>(
     len: usize,
     chunk: usize,
-    init: impl Fn() -> T + Sync + Send,
-    fill: impl Fn(&mut T, usize, &mut [f32]) + Sync + Send,
-) -> Vec<f32> {
+    init: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [T]) + Sync + Send,
+) -> Vec<T> {
     assert!(
         chunk > 0 && len.is_multiple_of(chunk),
         "{len} values in chunks of {chunk}"
@@ -27,9 +27,9 @@ pub(crate) fn zeroed_chunks<T>(
         .par_chunks_mut(chunk)
         .enumerate()
         .for_each_init(init, |state, (index, values)| {
-            values.fill(MaybeUninit::new(0.0));
+            values.fill(MaybeUninit::new(T::default()));
             // SAFETY: every value of the chunk was written just above.
-            let values = unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let values = unsafe { &mut *(values as *mut [MaybeUninit<T>] as *mut [T]) };
             fill(state, index, values);
         });
     // SAFETY: the chunks cover `0..len` and each was zeroed (a panic in `fill` propagates
@@ -44,11 +44,18 @@ mod tests {
 
     #[test]
     fn every_chunk_starts_at_zero_and_keeps_what_fill_adds() {
-        let out = zeroed_chunks(12, 3, || 0, |_, i, c| c[i % 3] += i as f32 + 1.0);
+        let out = zeroed_chunks(
+            12,
+            3,
+            || 0,
+            |_, i, c: &mut [f32]| c[i % 3] += i as f32 + 1.0,
+        );
         assert_eq!(
             out,
             vec![1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0]
         );
-        assert!(zeroed_chunks(0, 4, || (), |_, _, _| unreachable!()).is_empty());
+        assert!(zeroed_chunks::<_, f32>(0, 4, || (), |_, _, _| unreachable!()).is_empty());
+        let ints = zeroed_chunks(6, 2, || (), |_, i, c: &mut [i32]| c[1] = i as i32 - 1);
+        assert_eq!(ints, vec![0, -1, 0, 0, 0, 1]);
     }
 }
