@@ -181,7 +181,7 @@ fn tensor_quantize<const D: usize>(
 }
 
 /// [`quantize`] per tensor on host memory (the CPU backends): the same float operations in
-/// one pass over the values on rayon's threads instead of five tensor ops.
+/// one pass over the values (on rayon's threads when they are many) instead of five tensor ops.
 fn host_quantize<const D: usize>(
     x: Tensor<D>,
     qparams: &QParams,
@@ -192,11 +192,12 @@ fn host_quantize<const D: usize>(
     let (scale, zero_point) = (scale[0], zero_point[0] as f32);
     let data = x.into_data().convert::<f32>();
     let values = data.as_slice::<f32>().expect("f32 data");
-    let q: Vec<i32> = values
-        .par_iter()
-        .with_min_len(1 << 12)
-        .map(|&v| ((v / scale).round_ties_even() + zero_point).clamp(qmin, qmax) as i32)
-        .collect();
+    let level = |&v: &f32| ((v / scale).round_ties_even() + zero_point).clamp(qmin, qmax) as i32;
+    // Small inputs (a single image) on the calling thread: waking rayon's costs more.
+    let q: Vec<i32> = match values.len() < 1 << 15 {
+        true => values.iter().map(level).collect(),
+        false => values.par_iter().with_min_len(1 << 12).map(level).collect(),
+    };
     Tensor::from_data(TensorData::new(q, shape), &device)
 }
 

@@ -87,12 +87,18 @@ pub(crate) fn conv_requantize(
     let zi = conv.input_zero_point;
     let x = host_i32(q);
     let fits = |v: i32| v.checked_sub(zi).is_some_and(|d| d.abs() <= OPERAND_LIMIT);
-    if !x.par_chunks(1 << 14).all(|chunk| {
+    let in_range = |chunk: &[i32]| {
         let (low, high) = chunk
             .iter()
             .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        fits(low) && fits(high)
-    }) {
+        chunk.is_empty() || fits(low) && fits(high)
+    };
+    // Small inputs (a single image) on the calling thread: waking rayon's costs more.
+    let fitting = match x.len() < 1 << 15 {
+        true => in_range(&x),
+        false => x.par_chunks(1 << 14).all(in_range),
+    };
+    if !fitting {
         return Err(Box::new(Tensor::from_data(x.into_data(), &device)));
     }
     let plane = dims.out_plane();

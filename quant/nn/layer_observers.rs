@@ -3,6 +3,7 @@
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use super::frozen_cache::FrozenCache;
 use super::{InputMean, Mode, QConfig, QTensor, QValue, Quantized};
 use crate::backend::host_i32;
 use crate::engine::Requantizer;
@@ -37,6 +38,9 @@ pub struct LayerObservers {
     pub(crate) integer_output: bool,
     #[module(skip)]
     ste: Ste,
+    /// The layer's integer form from its last call in [`Mode::Integer`] (CPU backends).
+    #[module(skip)]
+    pub(crate) frozen: FrozenCache,
 }
 
 /// The integer form of a layer's weights, bias and requantization.
@@ -76,6 +80,7 @@ impl LayerObservers {
             weight_axis,
             integer_output: false,
             ste: qconfig.ste,
+            frozen: FrozenCache::default(),
         }
     }
 

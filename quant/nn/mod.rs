@@ -5,6 +5,7 @@
 
 mod bias_correction;
 mod exact_eval;
+mod frozen_cache;
 pub(crate) mod layer_observers;
 mod qadd;
 mod qavg_pool;

@@ -117,7 +117,8 @@ impl QConv2d {
             |t| self.forward_float(t),
             |q| self.forward_fq(q),
             |q, grid| {
-                let conv = self.to_integer(Some(grid))?;
+                let conv = (self.observers.frozen)
+                    .get_or_freeze(self, grid, || self.to_integer(Some(grid)))?;
                 let output = conv.output.clone();
                 self.observers.integer_value(
                     q,

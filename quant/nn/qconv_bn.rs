@@ -153,7 +153,8 @@ impl QConvBn {
             |t| self.forward_float(t),
             |q| self.forward_fq(q),
             |q, grid| {
-                let conv = self.to_integer(Some(grid))?;
+                let conv = (self.observers.frozen)
+                    .get_or_freeze(self, grid, || self.to_integer(Some(grid)))?;
                 let q = conv.forward(q);
                 let q = match self.relu {
                     true => int_relu(q, conv.requantizer.output_zero_point),

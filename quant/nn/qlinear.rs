@@ -87,7 +87,8 @@ impl QLinear {
             |t| self.forward_float(t),
             |q| self.forward_fq(q),
             |q, grid| {
-                let linear = self.to_integer(Some(grid))?;
+                let linear = (self.observers.frozen)
+                    .get_or_freeze(self, grid, || self.to_integer(Some(grid)))?;
                 let output = linear.output.clone();
                 self.observers.integer_value(
                     q,

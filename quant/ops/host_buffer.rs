@@ -6,9 +6,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-/// `len` values in chunks of `chunk`: on rayon's threads each chunk is zeroed, then
-/// `fill(state, index, chunk)` adds into it, with one `init()` state per rayon job (as
-/// `for_each_init`).
+/// `len` values in chunks of `chunk`: on rayon's threads (a single chunk on the calling
+/// thread) each chunk is zeroed, then `fill(state, index, chunk)` adds into it, with one
+/// `init()` state per rayon job (as `for_each_init`).
 ///
 /// # Panics
 /// When `chunk` is 0 or does not divide `len` (a broken invariant of the caller's sizes).
@@ -22,6 +22,12 @@ pub(crate) fn zeroed_chunks<S, T: Copy + Default + Send + Sync>(
         chunk > 0 && len.is_multiple_of(chunk),
         "{len} values in chunks of {chunk}"
     );
+    if len == chunk {
+        // One chunk (e.g. a single image) on the calling thread: waking rayon's costs more.
+        let mut out = vec![T::default(); len];
+        fill(&mut init(), 0, &mut out);
+        return out;
+    }
     let mut out = Vec::with_capacity(len);
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(chunk)
@@ -55,6 +61,8 @@ mod tests {
             vec![1.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 4.0, 0.0, 0.0]
         );
         assert!(zeroed_chunks::<_, f32>(0, 4, || (), |_, _, _| unreachable!()).is_empty());
+        let single = zeroed_chunks(3, 3, || 5, |s, i, c: &mut [u8]| c[i + 1] = *s);
+        assert_eq!(single, vec![0, 5, 0]);
         let ints = zeroed_chunks(6, 2, || (), |_, i, c: &mut [i32]| c[1] = i as i32 - 1);
         assert_eq!(ints, vec![0, -1, 0, 0, 0, 1]);
     }
