@@ -108,7 +108,14 @@ impl ConvDims {
         group: usize,
         patches: &mut [T],
     ) {
-        self.im2col_map(x, n, group, patches, |v| v);
+        self.im2col_rows(
+            x,
+            n,
+            group,
+            patches,
+            |v| v,
+            |out, src| out.copy_from_slice(src),
+        );
     }
 
     /// [`Self::im2col`] with each input value passed through `convert` (padding stays
@@ -120,7 +127,25 @@ impl ConvDims {
         n: usize,
         group: usize,
         patches: &mut [U],
+        convert: impl Fn(T) -> U + Copy,
+    ) {
+        let run = move |out: &mut [U], src: &[T]| {
+            out.iter_mut().zip(src).for_each(|(o, &v)| *o = convert(v));
+        };
+        self.im2col_rows(x, n, group, patches, convert, run);
+    }
+
+    /// [`Self::im2col_map`] with `run` writing a run of consecutive input values (stride 1)
+    /// into a patch row, e.g. as one copy.
+    #[inline(always)]
+    fn im2col_rows<T: Copy, U: Copy + Default>(
+        &self,
+        x: &[T],
+        n: usize,
+        group: usize,
+        patches: &mut [U],
         convert: impl Fn(T) -> U,
+        run: impl Fn(&mut [U], &[T]),
     ) {
         let (plane, in_plane, depth) = (self.out_plane(), self.in_plane(), self.depth());
         let ([_, iw], [_, ow], sw) = (
@@ -144,9 +169,7 @@ impl ConvDims {
                         let src = &xin[iy * iw + ix..];
                         if sw == 1 {
                             let len = out.len();
-                            out.iter_mut()
-                                .zip(&src[..len])
-                                .for_each(|(o, &v)| *o = convert(v));
+                            run(out, &src[..len]);
                         } else {
                             out.iter_mut()
                                 .zip(src.iter().step_by(sw))
