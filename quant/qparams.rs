@@ -4,7 +4,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::backend::is_host_device;
-
+use crate::ops::SERIAL_MAX_LEN;
 use crate::{Granularity, QMode, QScheme, QuantError};
 
 /// Quantization parameters: one scale and zero point per tensor or per channel.
@@ -193,8 +193,7 @@ fn host_quantize<const D: usize>(
     let data = x.into_data().convert::<f32>();
     let values = data.as_slice::<f32>().expect("f32 data");
     let level = |&v: &f32| ((v / scale).round_ties_even() + zero_point).clamp(qmin, qmax) as i32;
-    // Small inputs (a single image) on the calling thread: waking rayon's costs more.
-    let q: Vec<i32> = match values.len() < 1 << 15 {
+    let q: Vec<i32> = match values.len() < SERIAL_MAX_LEN {
         true => values.iter().map(level).collect(),
         false => values.par_iter().with_min_len(1 << 12).map(level).collect(),
     };

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use super::IntConv2d;
 use super::host_requantize::requantize_into;
 use crate::backend::host_i32;
-use crate::ops::{ConvDims, zeroed_chunks};
+use crate::ops::{ConvDims, SERIAL_MAX_LEN, zeroed_chunks};
 
 /// The largest operand magnitude of the 16-bit route: with `|a|, |b| ≤ 32767` a pair sum
 /// `a₀b₀ + a₁b₁` is below `2^31`.
@@ -93,8 +93,7 @@ pub(crate) fn conv_requantize(
             .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         chunk.is_empty() || fits(low) && fits(high)
     };
-    // Small inputs (a single image) on the calling thread: waking rayon's costs more.
-    let fitting = match x.len() < 1 << 15 {
+    let fitting = match x.len() < SERIAL_MAX_LEN {
         true => in_range(&x),
         false => x.par_chunks(1 << 14).all(in_range),
     };

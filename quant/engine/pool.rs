@@ -33,8 +33,9 @@ fn tensor_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
 }
 
 /// [`int_max_pool2d`] as a direct loop over each plane (each output plane zeroed and filled on
-/// one of rayon's threads): 2 × 2 windows read straight from the two input rows, larger ones through the
-/// elementwise maximum of the `kernel` input rows, then of each window's `kernel` columns.
+/// one of rayon's threads): 2 × 2 windows read straight from the two input rows, larger ones
+/// through the elementwise maximum of the `kernel` input rows, then of each window's `kernel`
+/// columns.
 fn host_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let device = q.device();
     let [n, c, h, w] = q.dims();

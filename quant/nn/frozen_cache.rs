@@ -3,7 +3,7 @@
 //! tensor ops, more than the layer's own integer arithmetic on a single image.
 
 use std::any::Any;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -20,7 +20,7 @@ pub(crate) struct FrozenCache(Mutex<Option<Frozen>>);
 
 struct Frozen {
     key: Vec<u8>,
-    value: Arc<dyn Any + Send + Sync>,
+    value: Box<dyn Any + Send + Sync>,
 }
 
 impl Clone for FrozenCache {
@@ -64,7 +64,7 @@ impl FrozenCache {
         if let Ok(mut cached) = self.0.lock() {
             *cached = Some(Frozen {
                 key,
-                value: Arc::new(value.clone()),
+                value: Box::new(value.clone()),
             });
         }
         Ok(value)

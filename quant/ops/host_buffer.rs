@@ -6,6 +6,10 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+/// Inputs with fewer values than this (a single image) are processed on the calling thread:
+/// waking rayon's threads costs more than the work.
+pub(crate) const SERIAL_MAX_LEN: usize = 1 << 15;
+
 /// `len` values in chunks of `chunk`: on rayon's threads (a single chunk on the calling
 /// thread) each chunk is zeroed, then `fill(state, index, chunk)` adds into it, with one
 /// `init()` state per rayon job (as `for_each_init`).

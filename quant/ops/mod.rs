@@ -20,5 +20,5 @@ mod max_pool_kernels;
 pub use conv2d::{DirectConvBackend, conv2d};
 pub(crate) use direct_conv::ConvDims;
 pub(crate) use finite_extremes::finite_extremes;
-pub(crate) use host_buffer::zeroed_chunks;
+pub(crate) use host_buffer::{SERIAL_MAX_LEN, zeroed_chunks};
 pub use max_pool2d::{HostMaxPoolBackend, max_pool2d};
