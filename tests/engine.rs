@@ -5,8 +5,8 @@ mod common;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Distribution, Int, Tensor, TensorData, module::conv2d};
 use burn_quant::engine::{
-    ConvGeometry, FixedPointMultiplier, IntConv2d, Requantizer, int_max_pool2d, requantize,
-    requantize_uniform,
+    ConvEpilogue, ConvGeometry, FixedPointMultiplier, IntConv2d, Requantizer, int_max_pool2d,
+    int_relu, requantize, requantize_uniform,
 };
 use burn_quant::{QParams, QScheme};
 use common::device;
@@ -159,10 +159,25 @@ fn int_conv_accumulates_exactly_for_any_geometry() {
 fn int_conv_routes_agree_for_any_geometry() {
     let device = device();
     let mut rng = StdRng::seed_from_u64(3);
-    let convs =
-        random_convs(5, 30)
-            .into_iter()
-            .chain([(40, 40, 20, ConvGeometry::valid([3, 3]), [9, 8])]);
+    // Stride 1 has a route of its own on the CPU backends: more cases of it.
+    let stride_one = random_convs(11, 30)
+        .into_iter()
+        .filter_map(|(i, o, g, geometry, size)| {
+            let geometry = ConvGeometry {
+                stride: [1, 1],
+                ..geometry
+            };
+            geometry
+                .output_size(size[0], size[1])
+                .map(|_| (i, o, g, geometry, size))
+        });
+    let convs = random_convs(5, 30).into_iter().chain(stride_one).chain([(
+        40,
+        40,
+        20,
+        ConvGeometry::valid([3, 3]),
+        [9, 8],
+    )]);
     for (case, (c_in, c_out, groups, geometry, [h, w])) in convs.enumerate() {
         let per_channel = case % 2 == 1;
         let [kh, kw] = geometry.kernel_size;
@@ -190,8 +205,26 @@ fn int_conv_routes_agree_for_any_geometry() {
             qp,
         );
         let direct = ints(conv.forward(x.clone()));
-        let ops = ints(conv.forward_with_tensor_ops(x));
-        assert_eq!(direct, ops, "case {case}: {geometry:?}, groups {groups}");
+        let ops = conv.forward_with_tensor_ops(x.clone());
+        assert_eq!(
+            direct,
+            ints(ops.clone()),
+            "case {case}: {geometry:?}, groups {groups}"
+        );
+        // A floor (ReLU) and max-pooling inside the convolution's kernel: the integers of the
+        // three ops one after the other.
+        let floor = [i32::MIN, 6, 9][case % 3];
+        let max_pool = [None, Some(2), Some(3)][case / 3 % 3];
+        let epilogue = ConvEpilogue { floor, max_pool };
+        let separate = match max_pool {
+            Some(kernel) => int_max_pool2d(int_relu(ops, floor), kernel),
+            None => int_relu(ops, floor),
+        };
+        assert_eq!(
+            ints(conv.forward_fused(x, epilogue)),
+            ints(separate),
+            "case {case}: {geometry:?}, groups {groups}, {epilogue:?}"
+        );
     }
 }
 

@@ -163,7 +163,7 @@ fn one_forward_is_bit_exact_on_the_integer_engine() {
             let integer = model.forward(QTensor::new(x.clone(), Mode::Integer));
             let grid = fake.grid().expect("a grid").clone();
             let expected = ints(burn_quant::quantize(fake.dequantize(), &grid));
-            let got = ints(integer.integers().expect("integers").clone());
+            let got = ints(integer.integers().expect("integers"));
             assert_eq!(
                 got, expected,
                 "{bits} bits, global pool {global_pool}, narrow weights {narrow_weights}, estimated ranges {estimated_ranges}"

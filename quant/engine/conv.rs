@@ -1,12 +1,12 @@
 //! Integer 2-D convolution: im2col by integer slicing, i32 matmul, fixed-point requantization.
 
 use burn::tensor::ops::PadMode;
-use burn::tensor::{Int, Slice, Tensor};
+use burn::tensor::{Device, Int, Slice, Tensor};
 
 use std::sync::Arc;
 
 use super::packed_conv::{PackedWeights, conv_requantize};
-use super::{ConvGeometry, Requantizer};
+use super::{ConvGeometry, Requantizer, int_max_pool2d, int_relu};
 use crate::QParams;
 use crate::backend::{host_i32, is_host_device};
 
@@ -152,10 +152,39 @@ impl IntConv2d {
     /// 16-bit route on the host (when weights and input fit in it), elsewhere
     /// [`IntConv2d::forward_with_tensor_ops`]. Both give the same integers.
     pub fn forward(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
+        self.forward_fused(q, ConvEpilogue::default())
+    }
+
+    /// [`IntConv2d::forward`], then what `epilogue` says: the output clamped below at its
+    /// floor (a ReLU), then max-pooled. On the CPU backends' 16-bit route both run inside the
+    /// convolution (the accumulators are pooled, then requantized), elsewhere as separate
+    /// ops ([`int_relu`], [`int_max_pool2d`]); the integers are the same.
+    pub fn forward_fused(&self, q: Tensor<4, Int>, epilogue: ConvEpilogue) -> Tensor<4, Int> {
         match &self.packed {
-            Some(packed) if is_host_device(&q.device()) => conv_requantize(self, packed, q)
-                .unwrap_or_else(|q| self.forward_with_tensor_ops(*q)),
-            _ => self.forward_with_tensor_ops(q),
+            Some(packed) if is_host_device(&q.device()) => {
+                conv_requantize(self, packed, q, epilogue)
+                    .unwrap_or_else(|q| self.fused_with_tensor_ops(*q, epilogue))
+            }
+            _ => self.fused_with_tensor_ops(q, epilogue),
+        }
+    }
+
+    /// Whether [`IntConv2d::forward_fused`] runs as one kernel on `device` (a CPU backend,
+    /// weights within 16 bits).
+    pub fn fuses_on(&self, device: &Device) -> bool {
+        self.packed.is_some() && is_host_device(device)
+    }
+
+    /// [`IntConv2d::forward_fused`] as separate ops.
+    fn fused_with_tensor_ops(&self, q: Tensor<4, Int>, epilogue: ConvEpilogue) -> Tensor<4, Int> {
+        let q = self.forward_with_tensor_ops(q);
+        let q = match epilogue.floor > self.requantizer.qmin {
+            true => int_relu(q, epilogue.floor),
+            false => q,
+        };
+        match epilogue.max_pool {
+            Some(kernel) => int_max_pool2d(q, kernel),
+            None => q,
         }
     }
 
@@ -163,5 +192,25 @@ impl IntConv2d {
     pub fn forward_with_tensor_ops(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
         self.requantizer
             .apply_with_tensor_ops(self.accumulate(q), 1)
+    }
+}
+
+/// What follows an [`IntConv2d`] in [`IntConv2d::forward_fused`]: a floor (a ReLU: the output
+/// zero point), then non-overlapping max-pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvEpilogue {
+    /// The lowest output integer (`i32::MIN`: only the grid's own minimum).
+    pub floor: i32,
+    /// Max-pooling with this kernel and stride (no padding, odd sizes floored).
+    pub max_pool: Option<usize>,
+}
+
+impl Default for ConvEpilogue {
+    /// Neither a floor nor pooling.
+    fn default() -> Self {
+        Self {
+            floor: i32::MIN,
+            max_pool: None,
+        }
     }
 }

@@ -23,7 +23,7 @@ mod requantizer;
 
 pub use add::IntAdd;
 pub use avg_pool::{int_avg_pool2d, int_global_avg_pool2d, round_mean};
-pub use conv::IntConv2d;
+pub use conv::{ConvEpilogue, IntConv2d};
 pub use exact_float::exact_products;
 pub use fixed_point::{FixedPointMultiplier, requantize, requantize_uniform};
 pub use geometry::ConvGeometry;

@@ -14,7 +14,9 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::IntConv2d;
+use super::conv::ConvEpilogue;
 use super::host_requantize::requantize_into;
+use super::pool::max_pool_plane;
 use crate::backend::host_i32;
 use crate::ops::{ConvDims, SERIAL_MAX_LEN, zeroed_chunks};
 
@@ -60,16 +62,19 @@ impl PackedWeights {
     }
 }
 
-/// [`IntConv2d::forward`] on host memory; gives `q` back (`Err`) when the input is out of the
-/// 16-bit route's range (the caller then takes the tensor-op route).
+/// [`IntConv2d::forward_fused`] on host memory; gives `q` back (`Err`) when the input is out
+/// of the 16-bit route's range (the caller then takes the tensor-op route).
 ///
-/// Per image (on rayon's threads), group and pair of output channels: the patch matrix is
-/// unfolded from the input (minus its zero point, as i16), interleaved into row pairs, both
-/// channels' accumulators summed over one pass of it, and requantized into the output.
+/// Per image (on rayon's threads), group and pair of output channels: the patch rows are
+/// unfolded from the input (minus its zero point, as i16) and interleaved into row pairs
+/// ([`WideRows`] at stride 1), both channels' accumulators summed over one pass of them,
+/// max-pooled (when the epilogue pools) and requantized into the output, clamped below at the
+/// epilogue's floor.
 pub(crate) fn conv_requantize(
     conv: &IntConv2d,
     packed: &PackedWeights,
     q: Tensor<4, Int>,
+    epilogue: ConvEpilogue,
 ) -> Result<Tensor<4, Int>, Box<Tensor<4, Int>>> {
     let device = q.device();
     let [n, c, h, w] = q.dims();
@@ -100,55 +105,191 @@ pub(crate) fn conv_requantize(
     if !fitting {
         return Err(Box::new(Tensor::from_data(x.into_data(), &device)));
     }
+    let [ho, wo] = dims.windows.output;
     let plane = dims.out_plane();
+    let kernel = epilogue.max_pool.unwrap_or(1);
+    let [pooled_h, pooled_w] = [ho / kernel, wo / kernel];
+    let pooled = pooled_h * pooled_w;
+    let wide = WideRows::of(&dims);
+    // Patch rows as long as an output plane, or `ho` rows of the padded input's width.
+    let row_len = wide.as_ref().map_or(plane, |wide| ho * wide.width);
     // Pair rows padded to whole 8-lane vectors (zeros past the plane).
-    let padded = plane.next_multiple_of(8);
+    let padded = row_len.next_multiple_of(8);
     let rows = packed.per_channel;
     let r = &conv.requantizer;
-    let requantize = |acc: &[i32], out: &mut [i32], o: usize| {
-        let grid = (r.qmin, r.qmax);
-        requantize_into(acc, out, r.multiplier(o), r.output_zero_point, grid);
+    let grid = (r.qmin.max(epilogue.floor), r.qmax);
+    let requantize = |acc: &[i32], out: &mut [i32], o: usize, pooling: &mut Pooling| {
+        let m = r.multiplier(o);
+        match epilogue.max_pool {
+            // Requantization and the floor are non-decreasing: the maximum of the
+            // requantized values is the requantized maximum.
+            Some(kernel) => {
+                let maxima = &mut pooling.maxima;
+                max_pool_plane(acc, [ho, wo], kernel, &mut pooling.window_rows, maxima);
+                requantize_into(maxima, out, m, r.output_zero_point, grid);
+            }
+            None => requantize_into(acc, out, m, r.output_zero_point, grid),
+        }
     };
     let y = zeroed_chunks(
-        dims.out_len(),
-        (dims.out_channels * plane).max(1),
-        || {
-            let patches = vec![0i16; depth * plane];
-            (
-                patches,
-                vec![0i16; rows * padded * 2],
-                vec![0i32; 2 * padded],
-            )
+        n * dims.out_channels * pooled,
+        (dims.out_channels * pooled).max(1),
+        || Scratch {
+            patches: match &wide {
+                Some(wide) => vec![0i16; wide.image_len(dims.depth())],
+                None => vec![0i16; depth * plane],
+            },
+            interleaved: vec![0i16; rows * padded * 2],
+            acc: vec![0i32; 2 * padded],
+            pooling: Pooling {
+                maxima: vec![0i32; pooled],
+                window_rows: Vec::new(),
+            },
         },
-        |(patches, interleaved, acc), image, out| {
+        |scratch, image, out| {
+            let Scratch {
+                patches,
+                interleaved,
+                acc,
+                pooling,
+            } = scratch;
             for group in 0..groups {
-                dims.im2col_map(&x, image, group, patches, |v| (v - zi) as i16);
-                interleave(patches, plane, padded, interleaved);
+                match &wide {
+                    Some(wide) => {
+                        wide.fill_image(&dims, &x, image, group, patches, zi);
+                        wide.interleave(&dims, patches, padded, interleaved);
+                    }
+                    None => {
+                        dims.im2col_map(&x, image, group, patches, |v| (v - zi) as i16);
+                        interleave(patches, plane, padded, interleaved);
+                    }
+                }
                 let channels = group * per_group..(group + 1) * per_group;
                 for o in channels.clone().step_by(2) {
-                    let out = &mut out[o * plane..];
+                    let out = &mut out[o * pooled..];
                     if o + 1 < channels.end {
                         let weights = &packed.pairs[o * rows..(o + 2) * rows];
                         let bias = [packed.bias[o], packed.bias[o + 1]];
                         accumulate_two(interleaved, padded, weights, bias, acc);
-                        requantize(&acc[..plane], &mut out[..plane], o);
-                        requantize(&acc[padded..][..plane], &mut out[plane..2 * plane], o + 1);
                     } else {
                         let weights = &packed.pairs[o * rows..(o + 1) * rows];
                         accumulate(interleaved, padded, weights, packed.bias[o], acc);
-                        requantize(&acc[..plane], &mut out[..plane], o);
+                    }
+                    for k in 0..(channels.end - o).min(2) {
+                        if let Some(wide) = &wide {
+                            wide.compact(&mut acc[k * padded..][..row_len], [ho, wo]);
+                        }
+                        let out = &mut out[k * pooled..][..pooled];
+                        requantize(&acc[k * padded..][..plane], out, o + k, pooling);
                     }
                 }
             }
         },
     );
-    let shape = [
-        n,
-        dims.out_channels,
-        dims.windows.output[0],
-        dims.windows.output[1],
-    ];
-    Ok(Tensor::from_data(TensorData::new(y, shape), &device))
+    Ok(Tensor::from_data(
+        TensorData::new(y, [n, dims.out_channels, pooled_h, pooled_w]),
+        &device,
+    ))
+}
+
+/// The buffers one rayon job of [`conv_requantize`] reuses across its images.
+struct Scratch {
+    patches: Vec<i16>,
+    interleaved: Vec<i16>,
+    acc: Vec<i32>,
+    pooling: Pooling,
+}
+
+/// The buffers of the pooling in [`conv_requantize`]: one plane's window maxima, and the
+/// row maxima of windows larger than 2 × 2.
+struct Pooling {
+    maxima: Vec<i32>,
+    window_rows: Vec<i32>,
+}
+
+/// The patch rows of a stride-1 convolution read straight from the zero-padded input: with
+/// the padded image `width` wide, the input of tap `(ci, i, j)` for output `(oy, ox)` lies at
+/// `ci·height·width + i·dh·width + j·dw + oy·width + ox`, so each tap's row of `ho · width`
+/// outputs (of which the first `wo` of every `width` are real, the rest are dropped after
+/// accumulation) is one contiguous run of the image. No per-output-row copies, which dominate
+/// an im2col of small planes.
+struct WideRows {
+    /// Padded input rows and columns: `ho + (kh − 1)·dh`, `wo + (kw − 1)·dw`.
+    height: usize,
+    width: usize,
+}
+
+impl WideRows {
+    /// The layout for `dims`; `None` unless the stride is 1.
+    fn of(dims: &ConvDims) -> Option<Self> {
+        let w = &dims.windows;
+        let [kh, kw] = dims.kernel;
+        (w.stride == [1, 1]).then(|| Self {
+            height: w.output[0] + (kh - 1) * w.dilation[0],
+            width: w.output[1] + (kw - 1) * w.dilation[1],
+        })
+    }
+
+    /// The image buffer's length for `channels` input channels: the last tap's run reaches
+    /// `(kw − 1)·dw` values past the last channel.
+    fn image_len(&self, channels: usize) -> usize {
+        channels * self.height * self.width + self.width
+    }
+
+    /// The input channels of `group` of image `n` minus the zero point `zi`, as i16, into the
+    /// zero-padded image.
+    fn fill_image(
+        &self,
+        dims: &ConvDims,
+        x: &[i32],
+        n: usize,
+        group: usize,
+        image: &mut [i16],
+        zi: i32,
+    ) {
+        let w = &dims.windows;
+        let ([h, iw], [top, left]) = (w.input, w.before);
+        let depth = dims.depth();
+        image.fill(0);
+        for ci in 0..depth {
+            let c = n * dims.in_channels + group * depth + ci;
+            let channel = &x[c * h * iw..][..h * iw];
+            let padded = &mut image[ci * self.height * self.width..][..self.height * self.width];
+            let rows = channel
+                .chunks_exact(iw)
+                .take(self.height.saturating_sub(top));
+            for (row, out) in rows.zip(padded.chunks_exact_mut(self.width).skip(top)) {
+                let out = &mut out[left.min(self.width)..];
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = (v - zi) as i16;
+                }
+            }
+        }
+    }
+
+    /// Pairs of tap rows of `image` interleaved as [`interleave`] does for a patch matrix.
+    fn interleave(&self, dims: &ConvDims, image: &[i16], padded: usize, interleaved: &mut [i16]) {
+        let [kh, kw] = dims.kernel;
+        let [dh, dw] = dims.windows.dilation;
+        let len = dims.windows.output[0] * self.width;
+        let taps = dims.depth() * kh * kw;
+        let run = |t: usize| {
+            let (ci, i, j) = (t / (kh * kw), t / kw % kh, t % kw);
+            &image[ci * self.height * self.width + i * dh * self.width + j * dw..][..len]
+        };
+        for (r, pairs) in interleaved.chunks_exact_mut(padded * 2).enumerate() {
+            let high = (2 * r + 1 < taps).then(|| run(2 * r + 1));
+            interleave_pair(run(2 * r), high, &mut pairs[..2 * len]);
+        }
+    }
+
+    /// Drops the padding columns of one channel's accumulators (`ho` rows of `width`) in
+    /// place: the first `ho · wo` values become the output plane.
+    fn compact(&self, acc: &mut [i32], [ho, wo]: [usize; 2]) {
+        for oy in 1..ho {
+            acc.copy_within(oy * self.width..oy * self.width + wo, oy * wo);
+        }
+    }
 }
 
 /// Rows `2r` and `2r + 1` of `patches` (`[depth, plane]`) as one row of pairs in
@@ -157,14 +298,21 @@ fn interleave(patches: &[i16], plane: usize, padded: usize, interleaved: &mut [i
     let depth = patches.len() / plane;
     for (r, pairs) in interleaved.chunks_exact_mut(padded * 2).enumerate() {
         let low = &patches[2 * r * plane..][..plane];
-        let pairs = &mut pairs[..plane * 2];
-        if 2 * r + 1 < depth {
-            let high = &patches[(2 * r + 1) * plane..][..plane];
+        let high = (2 * r + 1 < depth).then(|| &patches[(2 * r + 1) * plane..][..plane]);
+        interleave_pair(low, high, &mut pairs[..plane * 2]);
+    }
+}
+
+/// `pairs[2p] = low[p]`, `pairs[2p + 1] = high[p]` (0 without `high`).
+fn interleave_pair(low: &[i16], high: Option<&[i16]>, pairs: &mut [i16]) {
+    match high {
+        Some(high) => {
             for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(low).zip(high) {
                 pair[0] = a;
                 pair[1] = b;
             }
-        } else {
+        }
+        None => {
             for (pair, &a) in pairs.chunks_exact_mut(2).zip(low) {
                 pair[0] = a;
                 pair[1] = 0;

@@ -23,6 +23,10 @@ pub fn int_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
 fn tensor_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let [n, c, h, w] = q.dims();
     let (ho, wo) = (h / kernel, w / kernel);
+    if ho * wo == 0 {
+        // No whole window (the reshape below would not make a 6-d view of an empty slice).
+        return Tensor::zeros([n, c, ho, wo], &q.device());
+    }
     let q = if (ho * kernel, wo * kernel) == (h, w) {
         q
     } else {
@@ -33,9 +37,7 @@ fn tensor_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
 }
 
 /// [`int_max_pool2d`] as a direct loop over each plane (each output plane zeroed and filled on
-/// one of rayon's threads): 2 × 2 windows read straight from the two input rows, larger ones
-/// through the elementwise maximum of the `kernel` input rows, then of each window's `kernel`
-/// columns.
+/// one of rayon's threads, see [`max_pool_plane`]).
 fn host_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let device = q.device();
     let [n, c, h, w] = q.dims();
@@ -44,32 +46,55 @@ fn host_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let y = zeroed_chunks(
         n * c * ho * wo,
         (ho * wo).max(1),
-        || vec![i32::MIN; wo * kernel],
+        Vec::new,
         |rows, plane, out| {
             let plane = &x[plane * h * w..][..h * w];
-            for (oh, out_row) in out.chunks_exact_mut(wo).enumerate() {
-                let input = &plane[oh * kernel * w..];
-                if kernel == 2 {
-                    let (top, bottom) = (&input[..2 * wo], &input[w..][..2 * wo]);
-                    let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-                    for (o, (a, b)) in out_row.iter_mut().zip(windows) {
-                        *o = a[0].max(a[1]).max(b[0].max(b[1]));
-                    }
-                    continue;
-                }
-                rows.fill(i32::MIN);
-                for input_row in input.chunks(w).take(kernel) {
-                    for (m, &v) in rows.iter_mut().zip(input_row) {
-                        *m = (*m).max(v);
-                    }
-                }
-                for (o, window) in out_row.iter_mut().zip(rows.chunks_exact(kernel)) {
-                    *o = window.iter().copied().fold(i32::MIN, i32::max);
-                }
-            }
+            max_pool_plane(plane, [h, w], kernel, rows, out);
         },
     );
     Tensor::from_data(TensorData::new(y, [n, c, ho, wo]), &device)
+}
+
+/// Non-overlapping max-pooling of one `h × w` plane into `out` (`⌊h / kernel⌋ × ⌊w / kernel⌋`):
+/// 2 × 2 windows read straight from the two input rows, larger ones through the elementwise
+/// maximum of the `kernel` input rows (in `rows`, resized as needed), then of each window's
+/// `kernel` columns.
+///
+/// # Panics
+/// When `plane` holds fewer than `h · w` values or `out` has not the pooled size.
+pub(crate) fn max_pool_plane(
+    plane: &[i32],
+    [h, w]: [usize; 2],
+    kernel: usize,
+    rows: &mut Vec<i32>,
+    out: &mut [i32],
+) {
+    let (ho, wo) = (h / kernel, w / kernel);
+    assert!(plane.len() >= h * w && out.len() == ho * wo, "plane sizes");
+    if wo == 0 {
+        return;
+    }
+    rows.resize(wo * kernel, i32::MIN);
+    for (oh, out_row) in out.chunks_exact_mut(wo).enumerate() {
+        let input = &plane[oh * kernel * w..];
+        if kernel == 2 {
+            let (top, bottom) = (&input[..2 * wo], &input[w..][..2 * wo]);
+            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+            for (o, (a, b)) in out_row.iter_mut().zip(windows) {
+                *o = a[0].max(a[1]).max(b[0].max(b[1]));
+            }
+            continue;
+        }
+        rows.fill(i32::MIN);
+        for input_row in input.chunks(w).take(kernel) {
+            for (m, &v) in rows.iter_mut().zip(input_row) {
+                *m = (*m).max(v);
+            }
+        }
+        for (o, window) in out_row.iter_mut().zip(rows.chunks_exact(kernel)) {
+            *o = window.iter().copied().fold(i32::MIN, i32::max);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::graph::{ExportGraph, ExportNode, ExportOp};
 use crate::QuantError;
-use crate::nn::{Mode, QTensor, QValue};
+use crate::nn::{Mode, QTensor};
 
 /// The link from a traced [`QTensor`] to the recorder and the node that computed it.
 #[derive(Debug, Clone)]
@@ -156,10 +156,7 @@ pub fn trace<M: Module, const DI: usize, const DO: usize>(
             reason,
         }
     })?;
-    let output_shape = match &output.value {
-        QValue::Real(t) | QValue::Fake { tensor: t, .. } => t.dims().to_vec(),
-        QValue::Int { q, .. } => q.dims().to_vec(),
-    };
+    let output_shape = output.dims().to_vec();
     let Some(traced) = output.trace else {
         return Err(QuantError::Unexportable {
             layer: "output".into(),

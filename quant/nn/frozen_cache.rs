@@ -121,7 +121,7 @@ mod tests {
 
     fn integers(layer: &QConv2d, x: &Tensor<4>) -> Vec<i32> {
         let y = layer.forward(QTensor::new(x.clone(), Mode::Integer));
-        let q = y.integers().expect("integer output").clone();
+        let q = y.integers().expect("integer output");
         q.into_data().convert::<i32>().try_to_vec::<i32>().unwrap()
     }
 

@@ -150,7 +150,7 @@ impl LayerObservers {
     /// When the layer has no input observer and receives real values (the first quantized
     /// layer of a model must be built with `observe_input`).
     pub fn input_integers<const D: usize>(&self, x: QValue<D>) -> (Tensor<D, Int>, QParams) {
-        match (&self.input, x) {
+        match (&self.input, x.resolved()) {
             (Some(observer), x) => {
                 let grid = observer.qparams();
                 (quantize(x.dequantize(), &grid), grid)
@@ -160,6 +160,7 @@ impl LayerObservers {
             (None, QValue::Real(_)) => panic!(
                 "a layer without an input observer needs a quantized input (from a layer with an output observer)"
             ),
+            (None, QValue::Deferred(_)) => unreachable!("resolved"),
         }
     }
 

@@ -4,6 +4,7 @@
 //! their own (`forward_float`, `forward_fq`, `to_integer`).
 
 mod bias_correction;
+mod deferred_conv;
 mod exact_eval;
 mod frozen_cache;
 pub(crate) mod layer_observers;
@@ -19,6 +20,7 @@ mod qtensor;
 mod quantized;
 
 pub use bias_correction::InputMean;
+pub use deferred_conv::DeferredConv;
 pub use layer_observers::{FrozenWeights, LayerObservers};
 pub use qadd::{QAdd, QAddConfig};
 pub use qavg_pool::QAvgPool2d;

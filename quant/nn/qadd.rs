@@ -58,7 +58,7 @@ impl QAdd {
         let mode = a.mode;
         let traces = [a.trace, b.trace];
         let mut output_grid = None;
-        let value = match (mode, a.value, b.value) {
+        let value = match (mode, a.value.resolved(), b.value.resolved()) {
             (Mode::Float, a, b) => QValue::Real(a.dequantize() + b.dequantize()),
             (Mode::Integer, QValue::Int { q: qa, grid: ga }, QValue::Int { q: qb, grid: gb }) => {
                 let add = self.to_integer(&ga, &gb).unwrap_or_else(|e| {

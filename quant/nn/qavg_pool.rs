@@ -44,7 +44,7 @@ impl QAvgPool2d {
         let [_, _, h, w] = x.dims();
         // The grid of integer values, which is what an export records.
         let mut int_grid = None;
-        let value = match x.value {
+        let value = match x.value.resolved() {
             QValue::Real(t) => QValue::Real(self.forward_float(t)),
             QValue::Int { q, grid } => {
                 int_grid = Some(grid.clone());

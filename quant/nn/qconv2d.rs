@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Tensor};
 
+use super::deferred_conv::integer_conv_output;
 use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::engine::{ConvGeometry, IntConv2d};
 use crate::export::ExportOp;
@@ -119,6 +120,9 @@ impl QConv2d {
             |q, grid| {
                 let conv = (self.observers.frozen)
                     .get_or_freeze(self, grid, || self.to_integer(Some(grid)))?;
+                if !self.observers.integer_output {
+                    return Ok(integer_conv_output(conv, q, None));
+                }
                 let output = conv.output.clone();
                 self.observers.integer_value(
                     q,

@@ -6,11 +6,12 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::{Device, Tensor, activation::relu};
 
+use super::deferred_conv::integer_conv_output;
 use super::qconv2d::{check_conv_config, conv_output, export_conv, float_conv};
-use super::{LayerObservers, QConfig, QTensor, QValue, Quantized};
+use super::{LayerObservers, QConfig, QTensor, Quantized};
 use crate::QParams;
 use crate::QuantError;
-use crate::engine::{IntConv2d, int_relu};
+use crate::engine::IntConv2d;
 use crate::running;
 
 /// Configuration of a [`QConvBn`]: Burn's [`Conv2dConfig`] and [`BatchNormConfig`], whether a
@@ -155,15 +156,8 @@ impl QConvBn {
             |q, grid| {
                 let conv = (self.observers.frozen)
                     .get_or_freeze(self, grid, || self.to_integer(Some(grid)))?;
-                let q = conv.forward(q);
-                let q = match self.relu {
-                    true => int_relu(q, conv.requantizer.output_zero_point),
-                    false => q,
-                };
-                Ok(QValue::Int {
-                    q,
-                    grid: conv.output,
-                })
+                let floor = self.relu.then_some(conv.requantizer.output_zero_point);
+                Ok(integer_conv_output(conv, q, floor))
             },
             |grid| {
                 let (weight, bias) = self.fold_running();

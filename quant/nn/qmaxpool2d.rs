@@ -6,7 +6,7 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Int, Tensor};
 
-use super::{QTensor, Quantized};
+use super::{QTensor, QValue, Quantized};
 use crate::engine::{ConvGeometry, int_max_pool2d};
 use crate::export::ExportOp;
 use crate::ops::max_pool2d;
@@ -61,12 +61,15 @@ impl QMaxPool2d {
                 ceil_mode: pool.ceil_mode,
             }])
         };
-        x.map_exported(
-            "QMaxPool2d",
-            |t| self.forward_float(t),
-            |q, _| self.forward_int(q),
-            export,
-        )
+        let value = |value| match (value, self.square_window()) {
+            // A deferred convolution output: pooled inside the convolution's kernel.
+            (QValue::Deferred(mut deferred), Some(kernel)) if !deferred.is_pooled() => {
+                deferred.max_pool(kernel);
+                QValue::Deferred(deferred)
+            }
+            (value, _) => value.map(|t| self.forward_float(t), |q, _| self.forward_int(q)),
+        };
+        x.map_value("QMaxPool2d", value, export)
     }
 
     /// The window geometry (padding as Burn's `MaxPool2d` computes it).
@@ -100,6 +103,15 @@ impl QMaxPool2d {
 
     /// Integer forward.
     pub fn forward_int(&self, q: Tensor<4, Int>) -> Tensor<4, Int> {
+        match self.square_window() {
+            Some(kernel) => int_max_pool2d(q, kernel),
+            None => self.pool.forward(q.float()).int(),
+        }
+    }
+
+    /// The kernel of non-overlapping square windows without padding, dilation or ceil mode
+    /// (the engine's own pooling); `None` for other geometries.
+    fn square_window(&self) -> Option<usize> {
         let pool = &self.pool;
         let [kh, kw] = pool.kernel_size;
         let direct = kh == kw
@@ -107,10 +119,7 @@ impl QMaxPool2d {
             && pool.dilation == [1, 1]
             && !pool.ceil_mode
             && matches!(pool.padding, PaddingConfig2d::Valid);
-        match direct {
-            true => int_max_pool2d(q, kh),
-            false => pool.forward(q.float()).int(),
-        }
+        direct.then_some(kh)
     }
 }
 

@@ -3,7 +3,8 @@
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, activation::relu};
 
-use super::{QTensor, Quantized};
+use super::layer_observers::host_scalar;
+use super::{QTensor, QValue, Quantized};
 use crate::QParams;
 use crate::engine::int_relu;
 use crate::export::ExportOp;
@@ -26,7 +27,16 @@ impl QReLU {
     /// - input and output: any shape
     pub fn forward<const D: usize>(&self, x: QTensor<D>) -> QTensor<D> {
         let int = |q, grid: &QParams| self.forward_int(q, grid);
-        x.map_exported("QReLU", relu, int, || Ok(vec![ExportOp::Relu]))
+        let value = |value| match value {
+            // A deferred convolution output: the ReLU runs inside the convolution's kernel.
+            QValue::Deferred(mut deferred) => {
+                let (_, zero_point) = host_scalar(deferred.grid());
+                deferred.raise_floor(zero_point);
+                QValue::Deferred(deferred)
+            }
+            value => value.map(relu, int),
+        };
+        x.map_value("QReLU", value, || Ok(vec![ExportOp::Relu]))
     }
 
     /// Float forward.
@@ -47,7 +57,7 @@ impl QReLU {
         q: Tensor<D, Int>,
         input: &QParams,
     ) -> Tensor<D, Int> {
-        let (_, zero_point) = super::layer_observers::host_scalar(input);
+        let (_, zero_point) = host_scalar(input);
         match zero_point <= input.scheme.qmin() {
             true => q,
             false => int_relu(q, zero_point),

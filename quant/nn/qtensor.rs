@@ -4,7 +4,7 @@
 
 use burn::tensor::{Int, Tensor};
 
-use super::Quantized;
+use super::{DeferredConv, Quantized};
 use crate::export::{ExportOp, Traced, record};
 use crate::{QParams, QuantError, dequantize};
 
@@ -39,20 +39,56 @@ pub enum QValue<const D: usize> {
         /// Their grid.
         grid: QParams,
     },
+    /// Integers not computed yet: a convolution's output waiting for a ReLU or a max-pooling
+    /// to run inside its kernel ([`QValue::resolved`] computes them).
+    Deferred(Box<DeferredConv<D>>),
 }
 
 impl<const D: usize> QValue<D> {
+    /// The same values, deferred integers computed ([`QValue::Int`]).
+    pub fn resolved(self) -> Self {
+        match self {
+            QValue::Deferred(deferred) => {
+                let (q, grid) = (*deferred).compute();
+                QValue::Int { q, grid }
+            }
+            value => value,
+        }
+    }
+
+    /// An op that keeps the grid (see [`QTensor::map_values`]): `real` on real and
+    /// fake-quantized values, `int` on the (computed) integers.
+    pub(crate) fn map<const D2: usize>(
+        self,
+        real: impl FnOnce(Tensor<D>) -> Tensor<D2>,
+        int: impl FnOnce(Tensor<D, Int>, &QParams) -> Tensor<D2, Int>,
+    ) -> QValue<D2> {
+        match self.resolved() {
+            QValue::Real(t) => QValue::Real(real(t)),
+            QValue::Fake { tensor, grid } => QValue::Fake {
+                tensor: real(tensor),
+                grid,
+            },
+            QValue::Int { q, grid } => QValue::Int {
+                q: int(q, &grid),
+                grid,
+            },
+            QValue::Deferred(_) => unreachable!("resolved"),
+        }
+    }
+
     /// The real values: dequantized integers, or the (fake-quantized) float values.
     pub fn dequantize(self) -> Tensor<D> {
-        match self {
+        match self.resolved() {
             QValue::Real(tensor) | QValue::Fake { tensor, .. } => tensor,
             QValue::Int { q, grid } => dequantize(q, &grid),
+            QValue::Deferred(_) => unreachable!("resolved"),
         }
     }
 
     /// The values as a fake-quantized [`Quantized`] (integers are dequantized).
     pub fn into_quantized(self) -> Quantized<D> {
-        match self {
+        match self.resolved() {
             QValue::Real(tensor) => Quantized::float(tensor),
             QValue::Fake { tensor, grid } => Quantized {
                 tensor,
@@ -62,6 +98,7 @@ impl<const D: usize> QValue<D> {
                 tensor: dequantize(q, &grid),
                 qparams: Some(grid),
             },
+            QValue::Deferred(_) => unreachable!("resolved"),
         }
     }
 }
@@ -124,6 +161,7 @@ impl<const D: usize> QTensor<D> {
         match &self.value {
             QValue::Real(_) => None,
             QValue::Fake { grid, .. } | QValue::Int { grid, .. } => Some(grid),
+            QValue::Deferred(deferred) => Some(deferred.grid()),
         }
     }
 
@@ -132,9 +170,9 @@ impl<const D: usize> QTensor<D> {
         self.value.dequantize()
     }
 
-    /// The integers on the grid, in [`Mode::Integer`].
-    pub fn integers(&self) -> Option<&Tensor<D, Int>> {
-        match &self.value {
+    /// The integers on the grid, in [`Mode::Integer`] (computed here when deferred).
+    pub fn integers(&self) -> Option<Tensor<D, Int>> {
+        match self.value.clone().resolved() {
             QValue::Int { q, .. } => Some(q),
             _ => None,
         }
@@ -167,20 +205,18 @@ impl<const D: usize> QTensor<D> {
         int: impl FnOnce(Tensor<D, Int>, &QParams) -> Tensor<D2, Int>,
         ops: impl FnOnce() -> Result<Vec<ExportOp>, QuantError>,
     ) -> QTensor<D2> {
-        let mode = self.mode;
-        let trace = self.trace;
-        let value = match self.value {
-            QValue::Real(t) => QValue::Real(real(t)),
-            QValue::Fake { tensor, grid } => QValue::Fake {
-                tensor: real(tensor),
-                grid,
-            },
-            QValue::Int { q, grid } => QValue::Int {
-                q: int(q, &grid),
-                grid,
-            },
-        };
-        QTensor::layer_output(value, mode, &[trace.as_ref()], layer, ops)
+        self.map_value(layer, |value| value.map(real, int), ops)
+    }
+
+    /// The output of `layer`, one input: `f` of the value, exported as `ops`.
+    pub(crate) fn map_value<const D2: usize>(
+        self,
+        layer: &str,
+        f: impl FnOnce(QValue<D>) -> QValue<D2>,
+        ops: impl FnOnce() -> Result<Vec<ExportOp>, QuantError>,
+    ) -> QTensor<D2> {
+        let (mode, trace) = (self.mode, self.trace);
+        QTensor::layer_output(f(self.value), mode, &[trace.as_ref()], layer, ops)
     }
 
     /// The shape of the values.
@@ -188,6 +224,7 @@ impl<const D: usize> QTensor<D> {
         match &self.value {
             QValue::Real(t) | QValue::Fake { tensor: t, .. } => t.dims(),
             QValue::Int { q, .. } => q.dims(),
+            QValue::Deferred(deferred) => deferred.dims(),
         }
     }
 
