@@ -36,20 +36,23 @@ fn tensor_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     windows.max_dim(5).max_dim(3).reshape([n, c, ho, wo])
 }
 
-/// [`int_max_pool2d`] as a direct loop over each plane (each output plane zeroed and filled on
-/// one of rayon's threads, see [`max_pool_plane`]).
+/// [`int_max_pool2d`] as a direct loop over each plane ([`max_pool_plane`]; each image's
+/// output zeroed and filled on one of rayon's threads).
 fn host_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
     let device = q.device();
     let [n, c, h, w] = q.dims();
     let (ho, wo) = (h / kernel, w / kernel);
     let x = host_i32(q);
+    // One image per chunk: a single image stays on the calling thread.
     let y = zeroed_chunks(
         n * c * ho * wo,
-        (ho * wo).max(1),
+        (c * ho * wo).max(1),
         Vec::new,
-        |rows, plane, out| {
-            let plane = &x[plane * h * w..][..h * w];
-            max_pool_plane(plane, [h, w], kernel, rows, out);
+        |rows, image, out| {
+            let planes = x[image * c * h * w..].chunks_exact(h * w);
+            for (plane, out) in planes.zip(out.chunks_exact_mut(ho * wo)) {
+                max_pool_plane(plane, [h, w], kernel, rows, out);
+            }
         },
     );
     Tensor::from_data(TensorData::new(y, [n, c, ho, wo]), &device)

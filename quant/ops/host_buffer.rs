@@ -10,8 +10,8 @@ use rayon::prelude::*;
 /// waking rayon's threads costs more than the work.
 pub(crate) const SERIAL_MAX_LEN: usize = 1 << 15;
 
-/// `len` values in chunks of `chunk`: on rayon's threads (a single chunk, or fewer than
-/// [`SERIAL_MAX_LEN`] values, on the calling thread) each chunk is zeroed, then `fill(state, index, chunk)` adds into it, with one
+/// `len` values in chunks of `chunk`: on rayon's threads (a single chunk on the calling
+/// thread) each chunk is zeroed, then `fill(state, index, chunk)` adds into it, with one
 /// `init()` state per rayon job (as `for_each_init`).
 ///
 /// # Panics
@@ -26,14 +26,10 @@ pub(crate) fn zeroed_chunks<S, T: Copy + Default + Send + Sync>(
         chunk > 0 && len.is_multiple_of(chunk),
         "{len} values in chunks of {chunk}"
     );
-    if len == chunk || len < SERIAL_MAX_LEN {
-        // One chunk or a small output (e.g. a single image) on the calling thread: waking
-        // rayon's costs more.
+    if len == chunk {
+        // One chunk (e.g. a single image) on the calling thread: waking rayon's costs more.
         let mut out = vec![T::default(); len];
-        let mut state = init();
-        for (index, values) in out.chunks_exact_mut(chunk).enumerate() {
-            fill(&mut state, index, values);
-        }
+        fill(&mut init(), 0, &mut out);
         return out;
     }
     let mut out = Vec::with_capacity(len);
@@ -73,25 +69,5 @@ mod tests {
         assert_eq!(single, vec![0, 5, 0]);
         let ints = zeroed_chunks(6, 2, || (), |_, i, c: &mut [i32]| c[1] = i as i32 - 1);
         assert_eq!(ints, vec![0, -1, 0, 0, 0, 1]);
-    }
-
-    #[test]
-    fn small_and_large_outputs_are_filled_alike() {
-        // Below SERIAL_MAX_LEN on the calling thread, above on rayon's threads.
-        for len in [SERIAL_MAX_LEN - 8, SERIAL_MAX_LEN + 8, 4 * SERIAL_MAX_LEN] {
-            let out = zeroed_chunks(
-                len,
-                8,
-                || (),
-                |_, i, c: &mut [u32]| c[i % 8] += i as u32 + 1,
-            );
-            let expected: Vec<u32> = (0..len)
-                .map(|k| match k % 8 == (k / 8) % 8 {
-                    true => (k / 8) as u32 + 1,
-                    false => 0,
-                })
-                .collect();
-            assert_eq!(out, expected, "{len} values");
-        }
     }
 }
