@@ -118,13 +118,19 @@ pub(crate) fn conv_requantize(
     let rows = packed.per_channel;
     let r = &conv.requantizer;
     let grid = (r.qmin.max(epilogue.floor), r.qmax);
+    // One multiplier for all channels: the pooled maxima of a whole image are requantized at
+    // once (no short vector tails per plane).
+    let whole_image = epilogue.max_pool.is_some() && r.multipliers.len() == 1;
     let requantize = |acc: &[i32], out: &mut [i32], o: usize, pooling: &mut Pooling| {
         let m = r.multiplier(o);
         match epilogue.max_pool {
             // Requantization and the floor are non-decreasing: the maximum of the
             // requantized values is the requantized maximum.
+            Some(kernel) if whole_image => {
+                max_pool_plane(acc, [ho, wo], kernel, &mut pooling.window_rows, out);
+            }
             Some(kernel) => {
-                let maxima = &mut pooling.maxima;
+                let maxima = &mut pooling.maxima[..pooled];
                 max_pool_plane(acc, [ho, wo], kernel, &mut pooling.window_rows, maxima);
                 requantize_into(maxima, out, m, r.output_zero_point, grid);
             }
@@ -142,7 +148,8 @@ pub(crate) fn conv_requantize(
             interleaved: vec![0i16; rows * padded * 2],
             acc: vec![0i32; 2 * padded],
             pooling: Pooling {
-                maxima: vec![0i32; pooled],
+                // With `whole_image`, the staging buffer of the image's requantization.
+                maxima: vec![0i32; if whole_image { dims.out_channels } else { 1 } * pooled],
                 window_rows: Vec::new(),
             },
         },
@@ -182,6 +189,14 @@ pub(crate) fn conv_requantize(
                         let out = &mut out[k * pooled..][..pooled];
                         requantize(&acc[k * padded..][..plane], out, o + k, pooling);
                     }
+                }
+            }
+            if whole_image {
+                let (m, zo) = (r.multiplier(0), r.output_zero_point);
+                for values in out.chunks_mut(pooling.maxima.len().max(1)) {
+                    let maxima = &mut pooling.maxima[..values.len()];
+                    maxima.copy_from_slice(values);
+                    requantize_into(maxima, values, m, zo, grid);
                 }
             }
         },
@@ -305,6 +320,19 @@ fn interleave(patches: &[i16], plane: usize, padded: usize, interleaved: &mut [i
 
 /// `pairs[2p] = low[p]`, `pairs[2p + 1] = high[p]` (0 without `high`).
 fn interleave_pair(low: &[i16], high: Option<&[i16]>, pairs: &mut [i16]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(high) = high
+        && std::arch::is_x86_feature_detected!("avx2")
+    {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        let done = unsafe { avx2::interleave_pair(low, high, pairs) };
+        let pairs = pairs[2 * done..].chunks_exact_mut(2);
+        for ((pair, &a), &b) in pairs.zip(&low[done..]).zip(&high[done..]) {
+            pair[0] = a;
+            pair[1] = b;
+        }
+        return;
+    }
     match high {
         Some(high) => {
             for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(low).zip(high) {
@@ -373,6 +401,32 @@ fn accumulate_portable(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
+
+    /// [`super::interleave_pair`] 16 pairs at a time; returns how many pairs it wrote (a
+    /// multiple of 16), the caller writes the rest.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn interleave_pair(low: &[i16], high: &[i16], pairs: &mut [i16]) -> usize {
+        let count = low.len().min(high.len()).min(pairs.len() / 2) / 16 * 16;
+        let (a, b, out) = (low.as_ptr(), high.as_ptr(), pairs.as_mut_ptr());
+        for p in (0..count).step_by(16) {
+            // SAFETY: values p..p + 16 of `low` and `high` and 2p..2p + 32 of `pairs` lie
+            // inside the slices (`count` bounds them); unaligned access.
+            unsafe {
+                let a = _mm256_loadu_si256(a.add(p) as *const __m256i);
+                let b = _mm256_loadu_si256(b.add(p) as *const __m256i);
+                // Per 128-bit lane: pairs 0..4 and 8..12 (lo), 4..8 and 12..16 (hi).
+                let (lo, hi) = (_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b));
+                let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
+                let second = _mm256_permute2x128_si256::<0x31>(lo, hi);
+                _mm256_storeu_si256(out.add(2 * p) as *mut __m256i, first);
+                _mm256_storeu_si256(out.add(2 * p + 16) as *mut __m256i, second);
+            }
+        }
+        count
+    }
 
     /// [`super::accumulate`] with `_mm256_madd_epi16`: 32 outputs at a time in four
     /// registers, then 8 at a time.

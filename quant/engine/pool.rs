@@ -82,8 +82,15 @@ pub(crate) fn max_pool_plane(
         let input = &plane[oh * kernel * w..];
         if kernel == 2 {
             let (top, bottom) = (&input[..2 * wo], &input[w..][..2 * wo]);
-            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2));
-            for (o, (a, b)) in out_row.iter_mut().zip(windows) {
+            #[allow(unused_mut)]
+            let mut done = 0;
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked above).
+                done = unsafe { avx2::pool_row_two_by_two(top, bottom, out_row) };
+            }
+            let windows = top.chunks_exact(2).zip(bottom.chunks_exact(2)).skip(done);
+            for (o, (a, b)) in out_row[done..].iter_mut().zip(windows) {
                 *o = a[0].max(a[1]).max(b[0].max(b[1]));
             }
             continue;
@@ -100,6 +107,45 @@ pub(crate) fn max_pool_plane(
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// The 2 × 2 windows of one output row, eight at a time: the larger of the two input rows,
+    /// then of each pair of columns. Returns how many outputs it wrote (a multiple of 8); the
+    /// caller writes the rest.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pool_row_two_by_two(
+        top: &[i32],
+        bottom: &[i32],
+        out: &mut [i32],
+    ) -> usize {
+        let count = (top.len().min(bottom.len()) / 2).min(out.len()) / 8 * 8;
+        let (t, b, o) = (top.as_ptr(), bottom.as_ptr(), out.as_mut_ptr());
+        for x in (0..count).step_by(8) {
+            // SAFETY: inputs 2x..2x + 16 and outputs x..x + 8 lie inside the slices (`count`
+            // bounds them); unaligned access.
+            unsafe {
+                let load = |p: *const i32| _mm256_loadu_si256(p as *const __m256i);
+                let lo = _mm256_max_epi32(load(t.add(2 * x)), load(b.add(2 * x)));
+                let hi = _mm256_max_epi32(load(t.add(2 * x + 8)), load(b.add(2 * x + 8)));
+                // Per 128-bit lane: the even and the odd columns of lo and hi, then the 64-bit
+                // quarters put in order.
+                let (lo, hi) = (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi));
+                let even = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi));
+                let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi));
+                let windows =
+                    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_max_epi32(even, odd));
+                _mm256_storeu_si256(o.add(x) as *mut __m256i, windows);
+            }
+        }
+        count
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::Distribution;
@@ -113,6 +159,7 @@ mod tests {
         for (kernel, [h, w]) in [
             (2, [9, 8]),
             (2, [26, 26]),
+            (2, [5, 37]),
             (2, [1, 5]),
             (3, [8, 10]),
             (1, [3, 2]),
