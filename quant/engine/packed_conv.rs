@@ -215,7 +215,8 @@ struct Scratch {
     pooling: Pooling,
 }
 
-/// The buffers of the pooling in [`conv_requantize`]: one plane's window maxima, and the
+/// The buffers of the pooling in [`conv_requantize`]: the window maxima of one plane (of a
+/// whole image with one multiplier for all channels, staged for its requantization), and the
 /// row maxima of windows larger than 2 × 2.
 struct Pooling {
     maxima: Vec<i32>,
