@@ -154,3 +154,32 @@ fn a_deferred_output_has_its_shape_and_grid_before_it_is_computed() {
     let expected = ints(burn_quant::quantize(fake.dequantize(), &grid));
     assert_eq!(ints(integer.integers().unwrap()), expected);
 }
+
+/// A deferred output read twice (a residual block's input): both clones, one pooled inside
+/// the kernel and one read whole, give the fake-quantized model's integers.
+#[test]
+fn clones_of_a_deferred_output_are_computed_alike() {
+    let device = device();
+    let model = Small::new(4, &device);
+    let batch = || Tensor::<4>::random([3, 2, 9, 8], Distribution::Normal(0.0, 1.0), &device);
+    let _ = model.forward(QTensor::new(batch(), Mode::FakeQuant), Tail::ReluPool);
+    let model = freeze(model).unwrap();
+    let x = batch();
+    let expected = |mode| {
+        let shared = model
+            .relu
+            .forward(model.conv1.forward(QTensor::new(x.clone(), mode)));
+        let pooled = model.pool.forward(shared.clone());
+        [pooled, shared.clone(), shared]
+    };
+    let [pooled, whole, again] = expected(Mode::Integer);
+    let [fake_pooled, fake_whole, _] = expected(Mode::FakeQuant);
+    let grid = fake_whole.grid().unwrap().clone();
+    let to_grid = |t: QTensor<4>| ints(burn_quant::quantize(t.dequantize(), &grid));
+    assert_eq!(ints(whole.integers().unwrap()), to_grid(fake_whole));
+    assert_eq!(
+        ints(again.integers().unwrap()),
+        ints(whole.integers().unwrap())
+    );
+    assert_eq!(ints(pooled.integers().unwrap()), to_grid(fake_pooled));
+}

@@ -1,6 +1,8 @@
 //! A convolution's integer output computed when it is read, so that a ReLU and a max-pooling
 //! that follow the convolution run inside its kernel.
 
+use std::sync::{Arc, OnceLock};
+
 use burn::tensor::{Int, Tensor};
 
 use super::QValue;
@@ -42,13 +44,17 @@ pub(crate) fn integer_conv_output(
 /// [`super::QMaxPool2d`] (non-overlapping square windows) sets its pooling, in either order:
 /// both run inside the convolution's kernel, which pools the accumulators before requantizing
 /// them ([`IntConv2d::forward_fused`]). Anything else computes it. The integers are those of
-/// the convolution, the ReLU and the pooling run one after the other.
+/// the convolution, the ReLU and the pooling run one after the other. Clones share the
+/// computed integers (a residual block reads its input twice) until one of them is pooled or
+/// floored.
 #[derive(Debug, Clone)]
 pub struct DeferredConv<const D: usize> {
     conv: IntConv2d,
     input: Tensor<4, Int>,
     epilogue: ConvEpilogue,
     shape: [usize; D],
+    /// The integers once computed, shared by the clones with this epilogue.
+    computed: Arc<OnceLock<Tensor<4, Int>>>,
 }
 
 impl DeferredConv<4> {
@@ -66,6 +72,7 @@ impl DeferredConv<4> {
             input,
             epilogue: ConvEpilogue::default(),
             shape,
+            computed: Arc::default(),
         }
     }
 
@@ -84,6 +91,7 @@ impl DeferredConv<4> {
         self.epilogue.max_pool = Some(kernel);
         let [n, c, h, w] = self.shape;
         self.shape = [n, c, h / kernel, w / kernel];
+        self.computed = Arc::default();
     }
 }
 
@@ -101,12 +109,18 @@ impl<const D: usize> DeferredConv<D> {
     /// Clamps the output below at `floor` (a ReLU: the zero point). A floor commutes with
     /// max-pooling (both are non-decreasing), so it may come before or after it.
     pub(crate) fn raise_floor(&mut self, floor: i32) {
-        self.epilogue.floor = self.epilogue.floor.max(floor);
+        if floor > self.epilogue.floor {
+            self.epilogue.floor = floor;
+            self.computed = Arc::default();
+        }
     }
 
     /// Computes the integers and gives them with their grid.
     pub fn compute(self) -> (Tensor<D, Int>, QParams) {
-        let q = self.conv.forward_fused(self.input, self.epilogue);
+        let q = self
+            .computed
+            .get_or_init(|| self.conv.forward_fused(self.input.clone(), self.epilogue))
+            .clone();
         (q.reshape(self.shape), self.conv.output)
     }
 }
