@@ -122,16 +122,20 @@ fn conv_relu_and_pooling_in_any_order_equal_the_fake_quantized_model() {
     }
 }
 
-/// The deferred output reports the shape and grid it will have, and computes to the integers
-/// of the fake-quantized layers.
-#[test]
-fn a_deferred_output_has_its_shape_and_grid_before_it_is_computed() {
+/// A 4-bit `Small`, calibrated and frozen, and an input batch of 3 images of 9 × 8.
+fn frozen_small() -> (Small, Tensor<4>) {
     let device = device();
     let model = Small::new(4, &device);
     let batch = || Tensor::<4>::random([3, 2, 9, 8], Distribution::Normal(0.0, 1.0), &device);
     let _ = model.forward(QTensor::new(batch(), Mode::FakeQuant), Tail::ReluPool);
-    let model = freeze(model).unwrap();
-    let x = batch();
+    (freeze(model).unwrap(), batch())
+}
+
+/// The deferred output reports the shape and grid it will have, and computes to the integers
+/// of the fake-quantized layers.
+#[test]
+fn a_deferred_output_has_its_shape_and_grid_before_it_is_computed() {
+    let (model, x) = frozen_small();
     let integer = model.pool.forward(
         model
             .relu
@@ -159,12 +163,7 @@ fn a_deferred_output_has_its_shape_and_grid_before_it_is_computed() {
 /// the kernel and one read whole, give the fake-quantized model's integers.
 #[test]
 fn clones_of_a_deferred_output_are_computed_alike() {
-    let device = device();
-    let model = Small::new(4, &device);
-    let batch = || Tensor::<4>::random([3, 2, 9, 8], Distribution::Normal(0.0, 1.0), &device);
-    let _ = model.forward(QTensor::new(batch(), Mode::FakeQuant), Tail::ReluPool);
-    let model = freeze(model).unwrap();
-    let x = batch();
+    let (model, x) = frozen_small();
     let expected = |mode| {
         let shared = model
             .relu
