@@ -121,20 +121,26 @@ pub(crate) fn conv_requantize(
     // One multiplier for all channels: the pooled maxima of a whole image are requantized at
     // once (no short vector tails per plane).
     let whole_image = epilogue.max_pool.is_some() && r.multipliers.len() == 1;
-    let requantize = |acc: &[i32], out: &mut [i32], o: usize, pooling: &mut Pooling| {
+    // The accumulator rows lie `stride` apart (the padded input's width at stride 1).
+    let stride = wide.as_ref().map_or(wo, |wide| wide.width);
+    let requantize = |acc: &mut [i32], out: &mut [i32], o: usize, pooling: &mut Pooling| {
         let m = r.multiplier(o);
+        let rows = &mut pooling.window_rows;
         match epilogue.max_pool {
             // Requantization and the floor are non-decreasing: the maximum of the
             // requantized values is the requantized maximum.
-            Some(kernel) if whole_image => {
-                max_pool_plane(acc, [ho, wo], kernel, &mut pooling.window_rows, out);
-            }
+            Some(kernel) if whole_image => max_pool_plane(acc, [ho, wo], stride, kernel, rows, out),
             Some(kernel) => {
                 let maxima = &mut pooling.maxima[..pooled];
-                max_pool_plane(acc, [ho, wo], kernel, &mut pooling.window_rows, maxima);
+                max_pool_plane(acc, [ho, wo], stride, kernel, rows, maxima);
                 requantize_into(maxima, out, m, r.output_zero_point, grid);
             }
-            None => requantize_into(acc, out, m, r.output_zero_point, grid),
+            None => {
+                if let Some(wide) = &wide {
+                    wide.compact(acc, [ho, wo]);
+                }
+                requantize_into(&acc[..plane], out, m, r.output_zero_point, grid);
+            }
         }
     };
     let y = zeroed_chunks(
@@ -183,11 +189,8 @@ pub(crate) fn conv_requantize(
                         accumulate(interleaved, padded, weights, packed.bias[o], acc);
                     }
                     for k in 0..(channels.end - o).min(2) {
-                        if let Some(wide) = &wide {
-                            wide.compact(&mut acc[k * padded..][..row_len], [ho, wo]);
-                        }
                         let out = &mut out[k * pooled..][..pooled];
-                        requantize(&acc[k * padded..][..plane], out, o + k, pooling);
+                        requantize(&mut acc[k * padded..][..row_len], out, o + k, pooling);
                     }
                 }
             }
@@ -300,7 +303,8 @@ impl WideRows {
     }
 
     /// Drops the padding columns of one channel's accumulators (`ho` rows of `width`) in
-    /// place: the first `ho · wo` values become the output plane.
+    /// place: the first `ho · wo` values become the output plane. (Pooling reads the rows
+    /// where they are.)
     fn compact(&self, acc: &mut [i32], [ho, wo]: [usize; 2]) {
         for oy in 1..ho {
             acc.copy_within(oy * self.width..oy * self.width + wo, oy * wo);

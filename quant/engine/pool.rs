@@ -51,37 +51,42 @@ fn host_max_pool2d(q: Tensor<4, Int>, kernel: usize) -> Tensor<4, Int> {
         |rows, image, out| {
             let planes = x[image * c * h * w..].chunks_exact(h * w);
             for (plane, out) in planes.zip(out.chunks_exact_mut(ho * wo)) {
-                max_pool_plane(plane, [h, w], kernel, rows, out);
+                max_pool_plane(plane, [h, w], w, kernel, rows, out);
             }
         },
     );
     Tensor::from_data(TensorData::new(y, [n, c, ho, wo]), &device)
 }
 
-/// Non-overlapping max-pooling of one `h × w` plane into `out` (`⌊h / kernel⌋ × ⌊w / kernel⌋`):
-/// 2 × 2 windows read straight from the two input rows, larger ones through the elementwise
-/// maximum of the `kernel` input rows (in `rows`, resized as needed), then of each window's
-/// `kernel` columns.
+/// Non-overlapping max-pooling of one `h × w` plane, its rows `stride` values apart (`≥ w`),
+/// into `out` (`⌊h / kernel⌋ × ⌊w / kernel⌋`): 2 × 2 windows read straight from the two input
+/// rows, larger ones through the elementwise maximum of the `kernel` input rows (in `rows`,
+/// resized as needed), then of each window's `kernel` columns.
 ///
 /// # Panics
-/// When `plane` holds fewer than `h · w` values or `out` has not the pooled size.
+/// When `plane` is too short for `h` rows or `out` has not the pooled size.
 pub(crate) fn max_pool_plane(
     plane: &[i32],
     [h, w]: [usize; 2],
+    stride: usize,
     kernel: usize,
     rows: &mut Vec<i32>,
     out: &mut [i32],
 ) {
     let (ho, wo) = (h / kernel, w / kernel);
-    assert!(plane.len() >= h * w && out.len() == ho * wo, "plane sizes");
+    let needed = if h == 0 { 0 } else { (h - 1) * stride + w };
+    assert!(
+        stride >= w && plane.len() >= needed && out.len() == ho * wo,
+        "plane sizes"
+    );
     if wo == 0 {
         return;
     }
     rows.resize(wo * kernel, i32::MIN);
     for (oh, out_row) in out.chunks_exact_mut(wo).enumerate() {
-        let input = &plane[oh * kernel * w..];
+        let input = &plane[oh * kernel * stride..];
         if kernel == 2 {
-            let (top, bottom) = (&input[..2 * wo], &input[w..][..2 * wo]);
+            let (top, bottom) = (&input[..2 * wo], &input[stride..][..2 * wo]);
             #[allow(unused_mut)]
             let mut done = 0;
             #[cfg(target_arch = "x86_64")]
@@ -96,8 +101,8 @@ pub(crate) fn max_pool_plane(
             continue;
         }
         rows.fill(i32::MIN);
-        for input_row in input.chunks(w).take(kernel) {
-            for (m, &v) in rows.iter_mut().zip(input_row) {
+        for i in 0..kernel {
+            for (m, &v) in rows.iter_mut().zip(&input[i * stride..][..w]) {
                 *m = (*m).max(v);
             }
         }

@@ -117,10 +117,23 @@ impl<const D: usize> DeferredConv<D> {
 
     /// Computes the integers and gives them with their grid.
     pub fn compute(self) -> (Tensor<D, Int>, QParams) {
-        let q = self
-            .computed
-            .get_or_init(|| self.conv.forward_fused(self.input.clone(), self.epilogue))
-            .clone();
-        (q.reshape(self.shape), self.conv.output)
+        let Self {
+            conv,
+            input,
+            epilogue,
+            shape,
+            computed,
+        } = self;
+        let q = match Arc::try_unwrap(computed) {
+            // No clone shares it: computed here, the input and the result owned by one
+            // tensor each (the CPU backends then read them without copies).
+            Ok(cell) => cell
+                .into_inner()
+                .unwrap_or_else(|| conv.forward_fused(input, epilogue)),
+            Err(shared) => shared
+                .get_or_init(|| conv.forward_fused(input, epilogue))
+                .clone(),
+        };
+        (q.reshape(shape), conv.output)
     }
 }
