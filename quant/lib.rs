@@ -15,6 +15,8 @@ mod range;
 mod running;
 mod scheme;
 mod simd;
+#[cfg(test)]
+mod test_support;
 mod windows;
 
 pub use backend::default_device;

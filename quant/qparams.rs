@@ -209,6 +209,7 @@ pub fn dequantize<const D: usize>(q: Tensor<D, Int>, qparams: &QParams) -> Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::ints;
     use crate::{Signedness, default_device};
 
     #[test]
@@ -229,8 +230,6 @@ mod tests {
         ] {
             let qp = QParams::from_bounds(min, max, scheme, &device).unwrap();
             let grid = (scheme.qmin() as f32, scheme.qmax() as f32);
-            let ints =
-                |q: Tensor<1, Int>| q.into_data().convert::<i64>().try_to_vec::<i64>().unwrap();
             assert_eq!(
                 ints(host_quantize(x.clone(), &qp, grid)),
                 ints(tensor_quantize(x.clone(), &qp, grid)),

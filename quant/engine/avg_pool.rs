@@ -44,11 +44,8 @@ pub fn round_mean<const D: usize>(sums: Tensor<D, Int>, count: i32) -> Tensor<D,
 mod tests {
     use super::*;
     use crate::default_device;
+    use crate::test_support::ints;
     use burn::tensor::TensorData;
-
-    fn ints<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
-        t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()
-    }
 
     #[test]
     fn means_round_half_up_for_either_sign() {

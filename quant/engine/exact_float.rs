@@ -69,11 +69,8 @@ fn split_products<const D: usize, const DW: usize>(
 mod tests {
     use super::*;
     use crate::default_device;
+    use crate::test_support::ints;
     use burn::tensor::{Distribution, TensorData};
-
-    fn ints(t: Tensor<2, Int>) -> Vec<i64> {
-        t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()
-    }
 
     #[test]
     fn split_products_equal_integer_matmul() {

@@ -94,11 +94,8 @@ mod tests {
     use burn::tensor::Distribution;
 
     use super::*;
+    use crate::test_support::ints;
     use crate::{QScheme, default_device};
-
-    fn ints(t: Tensor<2, Int>) -> Vec<i64> {
-        t.into_data().convert::<i64>().try_to_vec::<i64>().unwrap()
-    }
 
     #[test]
     fn host_accumulators_equal_the_tensor_route() {

@@ -105,6 +105,8 @@ pub(crate) fn conv_requantize(
     if !fitting {
         return Err(Box::new(Tensor::from_data(x.into_data(), &device)));
     }
+    // An input value as a 16-bit operand (in range: checked above).
+    let to_operand = move |v: i32| (v - zi) as i16;
     let [ho, wo] = dims.windows.output;
     let plane = dims.out_plane();
     let kernel = epilogue.max_pool.unwrap_or(1);
@@ -169,11 +171,11 @@ pub(crate) fn conv_requantize(
             for group in 0..groups {
                 match &wide {
                     Some(wide) => {
-                        wide.fill_image(&dims, &x, image, group, patches, zi);
+                        wide.fill_image(&dims, &x, image, group, patches, to_operand);
                         wide.interleave(&dims, patches, padded, interleaved);
                     }
                     None => {
-                        dims.im2col_map(&x, image, group, patches, |v| (v - zi) as i16);
+                        dims.im2col_map(&x, image, group, patches, to_operand);
                         interleave(patches, plane, padded, interleaved);
                     }
                 }
@@ -255,8 +257,8 @@ impl WideRows {
         channels * self.height * self.width + self.width
     }
 
-    /// The input channels of `group` of image `n` minus the zero point `zi`, as i16, into the
-    /// zero-padded image.
+    /// The input channels of `group` of image `n`, each value through `convert` (minus the
+    /// zero point, as i16), into the zero-padded image.
     fn fill_image(
         &self,
         dims: &ConvDims,
@@ -264,7 +266,7 @@ impl WideRows {
         n: usize,
         group: usize,
         image: &mut [i16],
-        zi: i32,
+        convert: impl Fn(i32) -> i16,
     ) {
         let w = &dims.windows;
         let ([h, iw], [top, left]) = (w.input, w.before);
@@ -280,7 +282,7 @@ impl WideRows {
             for (row, out) in rows.zip(padded.chunks_exact_mut(self.width).skip(top)) {
                 let out = &mut out[left.min(self.width)..];
                 for (o, &v) in out.iter_mut().zip(row) {
-                    *o = (v - zi) as i16;
+                    *o = convert(v);
                 }
             }
         }
@@ -325,22 +327,20 @@ fn interleave(patches: &[i16], plane: usize, padded: usize, interleaved: &mut [i
 
 /// `pairs[2p] = low[p]`, `pairs[2p + 1] = high[p]` (0 without `high`).
 fn interleave_pair(low: &[i16], high: Option<&[i16]>, pairs: &mut [i16]) {
+    // The first pairs 16 at a time with AVX2 (when there is a high row), the rest here.
+    #[allow(unused_mut)]
+    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if let Some(high) = high
         && std::arch::is_x86_feature_detected!("avx2")
     {
         // SAFETY: the CPU supports AVX2 (checked above).
-        let done = unsafe { avx2::interleave_pair(low, high, pairs) };
-        let pairs = pairs[2 * done..].chunks_exact_mut(2);
-        for ((pair, &a), &b) in pairs.zip(&low[done..]).zip(&high[done..]) {
-            pair[0] = a;
-            pair[1] = b;
-        }
-        return;
+        done = unsafe { avx2::interleave_pair(low, high, pairs) };
     }
+    let (low, pairs) = (&low[done..], &mut pairs[2 * done..]);
     match high {
         Some(high) => {
-            for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(low).zip(high) {
+            for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(low).zip(&high[done..]) {
                 pair[0] = a;
                 pair[1] = b;
             }

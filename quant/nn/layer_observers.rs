@@ -98,22 +98,18 @@ impl LayerObservers {
     }
 
     /// The integer-mode output of a frozen layer for input integers `q` on the grid `input`:
-    /// `forward(q)` on the `output` grid, or, with an integer output, `accumulate(q)`
-    /// dequantized ([`LayerObservers::dequantize_accumulator`]).
+    /// `forward(q)` (the integers on the output grid), or, with an integer output,
+    /// `accumulate(q)` dequantized ([`LayerObservers::dequantize_accumulator`]).
     pub(crate) fn integer_value<const D: usize>(
         &self,
         q: Tensor<D, Int>,
         input: &QParams,
         accumulate: impl FnOnce(Tensor<D, Int>) -> Tensor<D, Int>,
-        forward: impl FnOnce(Tensor<D, Int>) -> Tensor<D, Int>,
-        output: QParams,
+        forward: impl FnOnce(Tensor<D, Int>) -> QValue<D>,
     ) -> Result<QValue<D>, QuantError> {
         Ok(match self.integer_output {
             true => QValue::Real(self.dequantize_accumulator(accumulate(q), input)?),
-            false => QValue::Int {
-                q: forward(q),
-                grid: output,
-            },
+            false => forward(q),
         })
     }
 

@@ -120,16 +120,11 @@ impl QConv2d {
             |q, grid| {
                 let conv = (self.observers.frozen)
                     .get_or_freeze(self, grid, || self.to_integer(Some(grid)))?;
-                if !self.observers.integer_output {
-                    return Ok(integer_conv_output(conv, q, None));
-                }
-                let output = conv.output.clone();
                 self.observers.integer_value(
                     q,
                     grid,
                     |q| conv.accumulate(q),
-                    |q| conv.forward(q),
-                    output,
+                    |q| integer_conv_output(conv.clone(), q, None),
                 )
             },
             |grid| {

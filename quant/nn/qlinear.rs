@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, module::linear};
 
-use super::{LayerObservers, QConfig, QTensor, Quantized};
+use super::{LayerObservers, QConfig, QTensor, QValue, Quantized};
 use crate::engine::IntLinear;
 use crate::export::ExportOp;
 use crate::{QParams, QuantError};
@@ -89,13 +89,14 @@ impl QLinear {
             |q, grid| {
                 let linear = (self.observers.frozen)
                     .get_or_freeze(self, grid, || self.to_integer(Some(grid)))?;
-                let output = linear.output.clone();
                 self.observers.integer_value(
                     q,
                     grid,
                     |q| linear.accumulate(q),
-                    |q| linear.forward(q),
-                    output,
+                    |q| QValue::Int {
+                        q: linear.forward(q),
+                        grid: linear.output.clone(),
+                    },
                 )
             },
             |grid| {
