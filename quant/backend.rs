@@ -137,8 +137,7 @@ pub(crate) fn host_i32<const D: usize>(t: Tensor<D, Int>) -> HostInts {
     HostInts(t.into_data().convert::<i32>())
 }
 
-/// The values of `t` (on any device) as f32 in host memory, for the unit tests.
-#[cfg(test)]
+/// The values of `t` (on any device) as f32 in host memory.
 pub(crate) fn host_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }

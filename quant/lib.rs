@@ -22,7 +22,8 @@ mod windows;
 pub use backend::default_device;
 pub use error::QuantError;
 pub use fake_quant::{
-    FakeQuantBackend, Ste, bipolar_fake_quant, fake_quant, lsq_fake_quant, lsq_grad_scale,
+    FakeQuantBackend, LsqGradientBackend, Ste, bipolar_fake_quant, fake_quant, lsq_fake_quant,
+    lsq_grad_scale,
 };
 pub use freeze::freeze;
 pub use observer::{

@@ -4,6 +4,11 @@
 use burn::serde::{Deserialize, Serialize};
 use burn::tensor::{Int, Tensor, TensorData};
 
+use rayon::prelude::*;
+
+use crate::backend::{host_f32, is_host_device};
+use crate::fake_quant::fake_quant_value;
+use crate::simd::with_avx2;
 use crate::{QParams, QScheme, QuantError, Ste, fake_quant};
 
 /// Candidate clipping ratios of [`RangeEstimator::Mse`]: `1, 0.96, …, 0.24` of the extremes.
@@ -100,22 +105,105 @@ impl RangeEstimator {
                         (1.0 - t * (1.0 - MSE_MIN_RATIO)) as f32
                     })
                     .collect();
-                let errors: Vec<Tensor<2>> = ratios
+                let grids: Vec<QParams> = ratios
                     .iter()
-                    .map(|&r| {
-                        let qparams = QParams::from_range(min.clone() * r, max.clone() * r, scheme);
-                        let fq = fake_quant(rows.clone(), &qparams, Ste::Identity);
-                        (rows.clone() - fq).powi_scalar(2).sum_dim(1)
-                    })
+                    .map(|&r| QParams::from_range(min.clone() * r, max.clone() * r, scheme))
                     .collect();
                 // [C, K] → the best ratio per channel (the first of equal errors: the widest).
-                let best: Tensor<1, Int> = Tensor::cat(errors, 1).argmin(1).reshape([channels]);
+                let errors: Tensor<2> = match is_host_device(&device) {
+                    true => host_squared_errors(rows, &grids),
+                    false => squared_errors(rows, &grids),
+                };
+                let best: Tensor<1, Int> = errors.argmin(1).reshape([channels]);
                 let ratios = Tensor::<1>::from_data(TensorData::new(ratios, [MSE_RATIOS]), &device);
                 let ratio = ratios.select(0, best);
                 (min * ratio.clone(), max * ratio)
             }
         }
     }
+}
+
+/// `[C, K]`: the squared error of each row of `rows` (`[C, N]`) on each of the `K` grids, with
+/// tensor ops (any device).
+fn squared_errors(rows: Tensor<2>, grids: &[QParams]) -> Tensor<2> {
+    let errors = grids
+        .iter()
+        .map(|qparams| {
+            let fq = fake_quant(rows.clone(), qparams, Ste::Identity);
+            (rows.clone() - fq).powi_scalar(2).sum_dim(1)
+        })
+        .collect();
+    Tensor::cat(errors, 1)
+}
+
+/// Elements per task of [`host_squared_errors`] (64 KiB: the block stays in cache while every
+/// grid reads it).
+const MSE_BLOCK: usize = 1 << 14;
+
+/// `[C, K]`: the squared error `Σ (x − fq_k(x))²` of each row of `rows` (`[C, N]`) on each of
+/// the `K` grids (per channel along axis 0, or per tensor), in one pass over host memory
+/// (instead of four tensor ops per grid).
+fn host_squared_errors(rows: Tensor<2>, grids: &[QParams]) -> Tensor<2> {
+    let device = rows.device();
+    let [channels, n] = rows.dims();
+    let values = host_f32(rows);
+    // Per grid: (scale, zero point) of each channel, and the grid's bounds.
+    let params: Vec<(Vec<f32>, Vec<i32>, f32, f32)> = grids
+        .iter()
+        .map(|qparams| {
+            let (scale, zero_point) = qparams.to_host();
+            let (lo, hi) = (qparams.scheme.qmin() as f32, qparams.scheme.qmax() as f32);
+            (scale, zero_point, lo, hi)
+        })
+        .collect();
+    let at = |v: &[f32], c: usize| v[if v.len() > 1 { c } else { 0 }];
+    let errors: Vec<f32> = (0..channels)
+        .flat_map(|c| {
+            let row = &values[c * n..(c + 1) * n];
+            let partial: Vec<Vec<f64>> = row
+                .par_chunks(MSE_BLOCK)
+                .map(|block| {
+                    with_avx2(|| {
+                        params
+                            .iter()
+                            .map(|(scale, zero_point, lo, hi)| {
+                                let s = at(scale, c);
+                                let z = zero_point[if zero_point.len() > 1 { c } else { 0 }] as f32;
+                                squared_error(block, s, z, *lo, *hi)
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            (0..grids.len())
+                .map(move |k| partial.iter().map(|p| p[k]).sum::<f64>() as f32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(errors, [channels, grids.len()]), &device)
+}
+
+/// `Σ (x − fq(x))²` over `block` on the grid `(s, z, lo, hi)`, in eight lanes.
+#[inline(always)]
+fn squared_error(block: &[f32], s: f32, z: f32, lo: f32, hi: f32) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [0f32; LANES];
+    let mut chunks = block.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for k in 0..LANES {
+            let e = chunk[k] - fake_quant_value(chunk[k], s, z, lo, hi);
+            lanes[k] += e * e;
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&x| {
+            let e = x - fake_quant_value(x, s, z, lo, hi);
+            e * e
+        })
+        .sum();
+    lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
 }
 
 /// Per-row minimum and maximum, each `[C]`.
@@ -130,7 +218,6 @@ fn extremes(rows: Tensor<2>) -> (Tensor<1>, Tensor<1>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::host_f32;
     use crate::default_device;
 
     #[test]
@@ -168,6 +255,39 @@ mod tests {
         let max = host_f32(max);
         assert!(max[0] >= 0.9, "{max:?}");
         assert!(max[1] < 8.0 * 0.5, "{max:?}");
+    }
+
+    #[test]
+    fn the_host_pass_gives_the_squared_errors_of_the_tensor_ops() {
+        let device = default_device().unwrap();
+        // Three channels of 40,000 values (more than one block), with a long tail.
+        let (channels, n) = (3, 40_000);
+        let values: Vec<f32> = (0..channels * n)
+            .map(|i| {
+                let t = ((i * 7919) % 10_007) as f32 / 10_007.0 - 0.4;
+                t * t * t * 10.0 + (i % 5) as f32 * 0.01
+            })
+            .collect();
+        let rows = Tensor::<2>::from_data(TensorData::new(values, [channels, n]), &device);
+        let (min, max) = extremes(rows.clone());
+        for scheme in [
+            QScheme::affine(3).unwrap().per_channel(0),
+            QScheme::symmetric(4).unwrap().per_channel(0),
+        ] {
+            let grids: Vec<QParams> = [1.0f32, 0.7, 0.3]
+                .iter()
+                .map(|&r| QParams::from_range(min.clone() * r, max.clone() * r, scheme))
+                .collect();
+            let host = host_f32(host_squared_errors(rows.clone(), &grids));
+            let ops = host_f32(squared_errors(rows.clone(), &grids));
+            assert_eq!(host.len(), channels * grids.len());
+            for (h, o) in host.iter().zip(&ops) {
+                assert!(
+                    (h - o).abs() <= 1e-4 * o.abs().max(1.0),
+                    "{host:?} vs {ops:?}"
+                );
+            }
+        }
     }
 
     #[test]

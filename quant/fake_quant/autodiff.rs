@@ -13,7 +13,7 @@ use burn::backend::{
     tensor::{BoolTensor, FloatTensor},
 };
 
-use super::{FakeQuantBackend, broadcast_channels};
+use super::{FakeQuantBackend, LsqGradientBackend, broadcast_channels};
 
 /// Identity STE: `dL/dx = dL/dy`.
 #[derive(Debug)]
@@ -121,7 +121,7 @@ struct LsqState<B: Backend> {
 #[derive(Debug)]
 struct LsqBackward;
 
-impl<B: Backend> Backward<B, 2> for LsqBackward {
+impl<B: LsqGradientBackend> Backward<B, 2> for LsqBackward {
     type State = LsqState<B>;
 
     fn backward(
@@ -135,50 +135,75 @@ impl<B: Backend> Backward<B, 2> for LsqBackward {
         let state = ops.state;
         let x: FloatTensor<B> = checkpointer.retrieve_node_output(state.x);
         let step: FloatTensor<B> = checkpointer.retrieve_node_output(state.scale);
-        let step_shape = step.shape();
-        let rank = x.shape().num_dims();
-        let float_dtype = x.dtype();
-        let grid = GridPosition::<B>::of(x, step, state.zero_point, state.axis);
-        let (below, above) = grid.outside(state.qmin, state.qmax);
-        let GridPosition {
-            v,
-            rounded,
-            zero_point,
-            ..
-        } = grid;
-        let outside = B::bool_or(below.clone(), above.clone());
-        if let Some(parent) = x_parent {
-            let masked = B::float_mask_fill(grad.clone(), outside.clone(), 0.0f32.into());
-            grads.register::<B>(parent.id, masked);
-        }
-        let Some(parent) = scale_parent else { return };
-        // (qmin − Z) and (qmax − Z), broadcast per channel.
-        let low = B::float_neg(B::float_sub_scalar(
-            zero_point.clone(),
-            (state.qmin as f32).into(),
-        ));
-        let high = B::float_neg(B::float_sub_scalar(zero_point, (state.qmax as f32).into()));
-        let to_float = |mask| B::bool_into_float(mask, float_dtype.into());
-        let inside = to_float(B::bool_not(outside));
-        let derivative = B::float_add(
-            B::float_mul(B::float_sub(rounded, v), inside),
-            B::float_add(
-                B::float_mul(to_float(below), low),
-                B::float_mul(to_float(above), high),
-            ),
+        let [grad_x, grad_step] = B::lsq_gradients(
+            x,
+            step,
+            state.zero_point,
+            grad,
+            state.axis,
+            state.qmin,
+            state.qmax,
+            state.grad_scale,
         );
-        let per_element =
-            B::float_mul_scalar(B::float_mul(grad, derivative), state.grad_scale.into());
-        let channels = step_shape.num_elements();
-        let dims: Vec<usize> = (0..rank)
-            .filter(|&d| channels == 1 || d != state.axis)
-            .collect();
-        let summed = B::float_sum_dims(per_element, &dims);
-        grads.register::<B>(parent.id, B::float_reshape(summed, step_shape));
+        if let Some(parent) = x_parent {
+            grads.register::<B>(parent.id, grad_x);
+        }
+        if let Some(parent) = scale_parent {
+            grads.register::<B>(parent.id, grad_step);
+        }
     }
 }
 
-impl<B: FakeQuantBackend, C: CheckpointStrategy> FakeQuantBackend for Autodiff<B, C> {
+/// [`LsqGradientBackend::lsq_gradients`] composed of backend ops (its default body).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn lsq_gradients_ops<B: Backend>(
+    x: FloatTensor<B>,
+    step: FloatTensor<B>,
+    zero_point: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    axis: usize,
+    qmin: i32,
+    qmax: i32,
+    grad_scale: f32,
+) -> [FloatTensor<B>; 2] {
+    let step_shape = step.shape();
+    let rank = x.shape().num_dims();
+    let float_dtype = x.dtype();
+    let grid = GridPosition::<B>::of(x, step, zero_point, axis);
+    let (below, above) = grid.outside(qmin, qmax);
+    let GridPosition {
+        v,
+        rounded,
+        zero_point,
+        ..
+    } = grid;
+    let outside = B::bool_or(below.clone(), above.clone());
+    let grad_x = B::float_mask_fill(grad.clone(), outside.clone(), 0.0f32.into());
+    // (qmin − Z) and (qmax − Z), broadcast per channel.
+    let low = B::float_neg(B::float_sub_scalar(
+        zero_point.clone(),
+        (qmin as f32).into(),
+    ));
+    let high = B::float_neg(B::float_sub_scalar(zero_point, (qmax as f32).into()));
+    let to_float = |mask| B::bool_into_float(mask, float_dtype.into());
+    let inside = to_float(B::bool_not(outside));
+    let derivative = B::float_add(
+        B::float_mul(B::float_sub(rounded, v), inside),
+        B::float_add(
+            B::float_mul(to_float(below), low),
+            B::float_mul(to_float(above), high),
+        ),
+    );
+    let per_element = B::float_mul_scalar(B::float_mul(grad, derivative), grad_scale.into());
+    let channels = step_shape.num_elements();
+    let dims: Vec<usize> = (0..rank).filter(|&d| channels == 1 || d != axis).collect();
+    let summed = B::float_sum_dims(per_element, &dims);
+    [grad_x, B::float_reshape(summed, step_shape)]
+}
+
+impl<B: FakeQuantBackend + LsqGradientBackend, C: CheckpointStrategy> FakeQuantBackend
+    for Autodiff<B, C>
+{
     fn fake_quant_lsq(
         x: FloatTensor<Self>,
         scale: FloatTensor<Self>,

@@ -71,6 +71,57 @@ pub trait FakeQuantBackend: Backend {
     }
 }
 
+/// The backward pass of [`lsq_fake_quant`] on a backend (the autodiff op calls it on the
+/// inner backend): from the upstream gradient `grad`, `[dL/dx, dL/dS]`, the input's gradient by
+/// the clipped STE (shape of `x`) and the step's, `grad_scale · Σ grad · ∂y/∂S` per channel
+/// (shape of `scale`), with `∂y/∂S` = `round(v) − v` on the grid, `qmin − Z` below and
+/// `qmax − Z` above (`v = x / S`, rounding half to even).
+///
+/// The default body composes backend ops; Flex runs one fused pass over its storage.
+pub trait LsqGradientBackend: Backend {
+    /// `[dL/dx, dL/dS]` of the LSQ fake-quant of `x` for the upstream gradient `grad`.
+    #[allow(clippy::too_many_arguments)]
+    fn lsq_gradients(
+        x: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        zero_point: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        axis: usize,
+        qmin: i32,
+        qmax: i32,
+        grad_scale: f32,
+    ) -> [FloatTensor<Self>; 2] {
+        autodiff::lsq_gradients_ops::<Self>(
+            x, scale, zero_point, grad, axis, qmin, qmax, grad_scale,
+        )
+    }
+}
+
+#[cfg(feature = "ndarray")]
+impl LsqGradientBackend for burn::backend::NdArray {}
+
+#[cfg(feature = "wgpu")]
+impl LsqGradientBackend for burn_cubecl::CubeBackend {}
+
+#[cfg(feature = "wgpu")]
+impl<B: burn::backend::fusion::FusionBackend> LsqGradientBackend
+    for burn::backend::fusion::Fusion<B>
+{
+}
+
+/// `1.5 · 2^23`: adding and subtracting it rounds an f32 of magnitude below `2^22` (grids lie
+/// within ±2^17) to an integer, half to even (IEEE round-to-nearest), and vectorizes, unlike a
+/// call to `rint`.
+pub(crate) const ROUNDING: f32 = 12_582_912.0;
+/// `(clamp(round(x / s) + z, lo, hi) - z) · s`, rounding half to even, as
+/// `round(clamp(x / s, lo - z, hi - z)) · s`: the bounds are integers, so clamping before
+/// rounding gives the same grid point, and `z` (an integer) cancels exactly.
+#[inline(always)]
+pub(crate) fn fake_quant_value(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
+    let v = (x / s).clamp(lo - z, hi - z);
+    ((v + ROUNDING) - ROUNDING) * s
+}
+
 /// The fake-quant forward composed of backend ops (the default body of
 /// [`FakeQuantBackend::fake_quant`], and the fallback of fused implementations).
 pub(crate) fn fake_quant_ops<B: Backend>(

@@ -88,6 +88,9 @@ struct SweepArgs {
     /// Float learning rate [0.01].
     #[arg(long)]
     lr: Option<f64>,
+    /// Float learning-rate schedule: constant or cosine [constant].
+    #[arg(long, value_parser = LrSchedule::parse)]
+    schedule: Option<LrSchedule>,
     /// QAT epochs [2; quick: 1].
     #[arg(long)]
     qat_epochs: Option<usize>,
@@ -203,6 +206,7 @@ impl SweepArgs {
             backend: self.backend.clone(),
             epochs: self.epochs.unwrap_or(if quick { 1 } else { 15 }),
             lr: self.lr.unwrap_or(0.01),
+            schedule: self.schedule.unwrap_or(LrSchedule::Constant),
             qat_epochs: self.qat_epochs.unwrap_or(if quick { 1 } else { 2 }),
             qat_lr: self.qat_lr.unwrap_or(defaults.qat_lr),
             qat_lr_from: self.qat_lr_from.or(defaults.qat_lr_from),

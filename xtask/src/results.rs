@@ -29,6 +29,9 @@ pub struct SweepConfig {
     pub epochs: usize,
     /// Float learning rate.
     pub lr: f64,
+    /// Float learning-rate schedule.
+    #[serde(default = "constant")]
+    pub schedule: LrSchedule,
     /// QAT epochs.
     pub qat_epochs: usize,
     /// QAT learning rate.
@@ -173,6 +176,9 @@ impl SweepConfig {
         // Only when set, so that the checkpoints of earlier runs stay valid.
         if let Some(n) = self.validation {
             key["validation"] = n.into();
+        }
+        if self.schedule != LrSchedule::Constant {
+            key["schedule"] = self.schedule.name().into();
         }
         key
     }
@@ -418,6 +424,7 @@ pub(crate) mod tests {
             backend: "flex".into(),
             epochs: 1,
             lr: 0.01,
+            schedule: LrSchedule::Constant,
             qat_epochs: 1,
             qat_lr: 0.001,
             qat_lr_from: None,
@@ -452,6 +459,16 @@ pub(crate) mod tests {
             integer: v,
             agreement: 1.0,
         }
+    }
+
+    #[test]
+    fn the_float_key_names_a_schedule_only_when_it_is_not_the_reference() {
+        let mut c = config();
+        let reference = c.float_key();
+        assert!(reference.get("schedule").is_none());
+        c.schedule = LrSchedule::Cosine;
+        assert_eq!(c.float_key()["schedule"], "cosine");
+        assert_ne!(c.float_key(), reference);
     }
 
     #[test]

@@ -116,6 +116,8 @@ impl Sweep {
             c.epochs.to_string(),
             "--lr".into(),
             c.lr.to_string(),
+            "--schedule".into(),
+            c.schedule.name().into(),
             "--qat-epochs".into(),
             c.qat_epochs.to_string(),
             "--qat-lr".into(),

@@ -44,6 +44,10 @@ struct Args {
     /// Float learning rate.
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
+    /// Float learning-rate schedule: `constant` (the reference) or `cosine` (to 0 over all
+    /// float steps).
+    #[arg(long, default_value = "constant", value_parser = LrSchedule::parse)]
+    schedule: LrSchedule,
     /// QAT epochs.
     #[arg(long, default_value_t = 2)]
     qat_epochs: usize,
@@ -224,6 +228,7 @@ fn run<M: MnistModel>(args: &Args) {
         lr: args.lr,
         momentum: args.momentum,
         seed: args.seed,
+        schedule: args.schedule,
         ..TrainConfig::reference_float()
     };
     let start = Instant::now();
