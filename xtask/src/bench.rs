@@ -106,6 +106,7 @@ pub fn summarize(times: &BTreeMap<String, f64>, backends: &[String]) -> Value {
                 "fake_quant_backward_over_elementwise": ratio(t("elementwise", "fake_quant_backward"), t("elementwise", "mul_scalar_backward")),
                 "fake_quant_elements_per_s": t("elementwise", "fake_quant").map(|s| (1u64 << 20) as f64 / s),
                 "qat_over_float_step": ratio(qat_step, float_step),
+                "lsq_over_float_step": ratio(t("train_step", "qat_lsq"), float_step),
                 "float_step_s": float_step,
                 "qat_step_s": qat_step,
                 "float_epoch_s": float_step.map(|s| s * BATCHES_PER_EPOCH),
@@ -180,6 +181,7 @@ mod tests {
             ("elementwise/flex/fake_quant", 1.5),
             ("train_step/flex/float", 0.02),
             ("train_step/flex/qat", 0.025),
+            ("train_step/flex/qat_lsq", 0.03),
             ("inference/flex/float/256", 0.2),
             ("inference/flex/integer/256", 0.1),
             ("train_step/ndarray/float", 1.0),
@@ -191,6 +193,7 @@ mod tests {
         let flex = &s["backends"]["flex"];
         assert_eq!(flex["fake_quant_over_elementwise"], 1.5);
         assert_eq!(flex["qat_over_float_step"], 1.25);
+        assert!((flex["lsq_over_float_step"].as_f64().unwrap() - 1.5).abs() < 1e-12);
         assert_eq!(flex["int_over_float_images_per_s_b256"], 2.0);
         assert!((flex["float_epoch_s"].as_f64().unwrap() - 18.76).abs() < 1e-9);
         assert!(s["backends"]["ndarray"]["qat_over_float_step"].is_null());

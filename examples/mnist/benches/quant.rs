@@ -1,5 +1,6 @@
 //! Criterion benchmarks, each a pair measured in the same run so that it can be reported as a
-//! ratio: fake-quant vs a plain elementwise op, a QAT training step vs a float one, integer
+//! ratio: fake-quant vs a plain elementwise op, a QAT training step (the seed's, and LSQ's
+//! with learned steps) vs a float one, integer
 //! engine vs float inference, an epoch of the pipeline's loop vs burn-train's `Learner`. Runs on every enabled backend, or on those listed in
 //! `BURN_QUANT_BENCH_BACKENDS` (comma-separated). `cargo xtask bench` runs it and writes
 //! `bench.json` and `bench.md`.
@@ -11,7 +12,7 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use burn_quant::backend::{BackendKind, enabled_backends};
 use burn_quant::nn::{Mode, QConfig};
-use burn_quant::{QParams, QScheme, Ste, fake_quant, freeze};
+use burn_quant::{QParams, QScheme, Ste, StepGradScale, fake_quant, freeze, set_observing};
 use burn_quant_mnist::Dataset;
 use burn_quant_mnist::data::{IMAGE_PIXELS, MnistSplit};
 use burn_quant_mnist::learner::{Classifier, LearnerConfig, fit};
@@ -109,6 +110,22 @@ fn bench_step<M: Module>(
     });
 }
 
+/// `Net` as the `lsq` method trains it at 4 bits: symmetric per-channel weights, every step
+/// learned (per-example gradient scale of the activation steps), calibrated on one batch.
+fn lsq_net(device: &Device) -> Net {
+    let weight = QScheme::symmetric_narrow(4).unwrap().per_channel(0);
+    let qconfig = QConfig::reference(4)
+        .unwrap()
+        .with_weight(weight)
+        .with_quantize_bias(true)
+        .with_learned_step(true)
+        .with_activation_step_grad(StepGradScale::PerExample);
+    let net = Net::new(&qconfig, device);
+    let (x, _) = batch(device, 64);
+    let _ = net.logits(x, Mode::FakeQuant);
+    set_observing(net, false)
+}
+
 fn train_step(c: &mut Criterion) {
     let qconfig = QConfig::reference(8).unwrap();
     for kind in backends() {
@@ -120,6 +137,7 @@ fn train_step(c: &mut Criterion) {
         bench_step(&mut group, "float", Net::new(&qconfig, &ad), float);
         let fake = |m: &Net, x| m.logits(x, Mode::FakeQuant);
         bench_step(&mut group, "qat", Net::new(&qconfig, &ad), fake);
+        bench_step(&mut group, "qat_lsq", lsq_net(&ad), fake);
         group.finish();
     }
 }
