@@ -163,15 +163,16 @@ fn host_squared_errors(rows: Tensor<2>, grids: &[QParams]) -> Tensor<2> {
             let partial: Vec<Vec<f64>> = row
                 .par_chunks(MSE_BLOCK)
                 .map(|block| {
+                    // A plain loop, so that the error kernel is inlined into the AVX2 function
+                    // (an iterator adapter's `fold` would be compiled without it).
                     with_avx2(|| {
-                        params
-                            .iter()
-                            .map(|(scale, zero_point, lo, hi)| {
-                                let s = at(scale, c);
-                                let z = zero_point[if zero_point.len() > 1 { c } else { 0 }] as f32;
-                                squared_error(block, s, z, *lo, *hi)
-                            })
-                            .collect()
+                        let mut errors = Vec::with_capacity(params.len());
+                        for (scale, zero_point, lo, hi) in &params {
+                            let s = at(scale, c);
+                            let z = zero_point[if zero_point.len() > 1 { c } else { 0 }] as f32;
+                            errors.push(squared_error(block, s, z, *lo, *hi));
+                        }
+                        errors
                     })
                 })
                 .collect();
