@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::backend::{host_f32, is_host_device};
 use crate::fake_quant::fake_quant_value;
-use crate::simd::with_avx2;
+use crate::simd::avx2_kernel;
 use crate::{QParams, QScheme, QuantError, Ste, fake_quant};
 
 /// Candidate clipping ratios of [`RangeEstimator::Mse`]: `1, 0.96, …, 0.24` of the extremes.
@@ -157,24 +157,19 @@ fn host_squared_errors(rows: Tensor<2>, grids: &[QParams]) -> Tensor<2> {
         })
         .collect();
     let at = |v: &[f32], c: usize| v[if v.len() > 1 { c } else { 0 }];
+    let at_int = |v: &[i32], c: usize| v[if v.len() > 1 { c } else { 0 }];
     let errors: Vec<f32> = (0..channels)
         .flat_map(|c| {
             let row = &values[c * n..(c + 1) * n];
+            let channel: Vec<[f32; 4]> = params
+                .iter()
+                .map(|(scale, zero_point, lo, hi)| {
+                    [at(scale, c), at_int(zero_point, c) as f32, *lo, *hi]
+                })
+                .collect();
             let partial: Vec<Vec<f64>> = row
                 .par_chunks(MSE_BLOCK)
-                .map(|block| {
-                    // A plain loop, so that the error kernel is inlined into the AVX2 function
-                    // (an iterator adapter's `fold` would be compiled without it).
-                    with_avx2(|| {
-                        let mut errors = Vec::with_capacity(params.len());
-                        for (scale, zero_point, lo, hi) in &params {
-                            let s = at(scale, c);
-                            let z = zero_point[if zero_point.len() > 1 { c } else { 0 }] as f32;
-                            errors.push(squared_error(block, s, z, *lo, *hi));
-                        }
-                        errors
-                    })
-                })
+                .map(|block| block_errors(block, &channel))
                 .collect();
             (0..grids.len())
                 .map(move |k| partial.iter().map(|p| p[k]).sum::<f64>() as f32)
@@ -184,9 +179,23 @@ fn host_squared_errors(rows: Tensor<2>, grids: &[QParams]) -> Tensor<2> {
     Tensor::from_data(TensorData::new(errors, [channels, grids.len()]), &device)
 }
 
-/// `Σ (x − fq(x))²` over `block` on the grid `(s, z, lo, hi)`, in eight lanes.
+avx2_kernel! {
+    /// `Σ (x − fq(x))²` over `block` on each grid `[s, z, lo, hi]`.
+    fn block_errors(block: &[f32], grids: &[[f32; 4]]) -> Vec<f64> => block_errors_lanes
+}
+
 #[inline(always)]
-fn squared_error(block: &[f32], s: f32, z: f32, lo: f32, hi: f32) -> f64 {
+fn block_errors_lanes(block: &[f32], grids: &[[f32; 4]]) -> Vec<f64> {
+    let mut errors = Vec::with_capacity(grids.len());
+    for &grid in grids {
+        errors.push(squared_error(block, grid));
+    }
+    errors
+}
+
+/// `Σ (x − fq(x))²` over `block` on the grid `[s, z, lo, hi]`, in eight lanes.
+#[inline(always)]
+fn squared_error(block: &[f32], [s, z, lo, hi]: [f32; 4]) -> f64 {
     const LANES: usize = 8;
     let mut lanes = [0f32; LANES];
     let mut chunks = block.chunks_exact(LANES);
@@ -196,14 +205,11 @@ fn squared_error(block: &[f32], s: f32, z: f32, lo: f32, hi: f32) -> f64 {
             lanes[k] += e * e;
         }
     }
-    let tail: f32 = chunks
-        .remainder()
-        .iter()
-        .map(|&x| {
-            let e = x - fake_quant_value(x, s, z, lo, hi);
-            e * e
-        })
-        .sum();
+    let mut tail = 0f32;
+    for &x in chunks.remainder() {
+        let e = x - fake_quant_value(x, s, z, lo, hi);
+        tail += e * e;
+    }
     lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
 }
 

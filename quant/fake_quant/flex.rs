@@ -10,9 +10,10 @@ use super::{
     FakeQuantBackend, LsqGradientBackend, ROUNDING, autodiff::lsq_gradients_ops, fake_quant_ops,
     fake_quant_value,
 };
-use crate::simd::with_avx2;
+use crate::simd::avx2_kernel;
 
-/// Elements per parallel task for per-tensor parameters.
+/// Elements per parallel task for per-tensor parameters; smaller tensors (a weight's blocks per
+/// channel) run on the calling thread, where rayon's cost per task would exceed their work.
 const PAR_CHUNK: usize = 1 << 16;
 
 impl FakeQuantBackend for Flex {
@@ -28,32 +29,28 @@ impl FakeQuantBackend for Flex {
         let Some((range, inner, params)) = fused_plan(&x, &scale, &zero_point, axis) else {
             return fake_quant_ops::<Self>(x, scale, zero_point, axis, qmin, qmax);
         };
-        let (lo, hi) = (qmin as f32, qmax as f32);
+        let grid = (qmin as f32, qmax as f32);
         let channels = params.len();
-        let value = |block: usize, v: f32| {
-            let (s, z) = params[block % channels];
-            fake_quant_value(v, s, z, lo, hi)
-        };
         // Per tensor, split the work in chunks for both cores; per channel, one block each.
         let block = if channels == 1 { PAR_CHUNK } else { inner };
+        let apply =
+            |(b, chunk): (usize, &mut [f32])| fake_quant_block(chunk, params[b % channels], grid);
+        let run = |data: &mut [f32]| match (data.len() >= PAR_CHUNK, inner) {
+            (true, _) => data.par_chunks_mut(block).enumerate().for_each(apply),
+            // Channels along the last axis (a linear weight): one pass, channel `i % C`.
+            (false, 1) => data.iter_mut().enumerate().for_each(|(i, v)| {
+                let (s, z) = params[i % channels];
+                *v = fake_quant_value(*v, s, z, grid.0, grid.1);
+            }),
+            (false, _) => data.chunks_mut(block).enumerate().for_each(apply),
+        };
         let mut out = x;
         if let Some(data) = out.try_storage_mut::<f32>() {
-            data[range]
-                .par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(b, chunk)| {
-                    with_avx2(|| chunk.iter_mut().for_each(|v| *v = value(b, *v)))
-                });
+            run(&mut data[range]);
             return out;
         }
-        let src = &out.storage::<f32>()[range];
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(block)
-            .zip(src.par_chunks(block))
-            .enumerate()
-            .for_each(|(b, (d, s))| {
-                with_avx2(|| d.iter_mut().zip(s).for_each(|(d, &v)| *d = value(b, v)))
-            });
+        let mut dst = out.storage::<f32>()[range].to_vec();
+        run(&mut dst);
         let data = TensorData::new(dst, out.shape());
         Flex::float_from_data(data, &Default::default())
     }
@@ -93,15 +90,33 @@ impl LsqGradientBackend for Flex {
         }
         let (start, end) = grad_x.layout().contiguous_offsets().expect("contiguous");
         let data = grad_x.try_storage_mut::<f32>().expect("uniquely owned");
-        let sums: Vec<(usize, f64)> = data[start..end]
-            .par_chunks_mut(block)
-            .zip(xs.par_chunks(block))
-            .enumerate()
-            .map(|(b, (g, x))| {
-                let (s, z) = params[b % channels];
-                (b % channels, lsq_block(x, g, s, z, grid))
-            })
-            .collect();
+        let data = &mut data[start..end];
+        let block_sum = |(b, (g, x)): (usize, (&mut [f32], &[f32]))| {
+            (b % channels, lsq_block(x, g, params[b % channels], grid))
+        };
+        let sums: Vec<(usize, f64)> = match (data.len() >= PAR_CHUNK, inner) {
+            (true, _) => data
+                .par_chunks_mut(block)
+                .zip(xs.par_chunks(block))
+                .enumerate()
+                .map(block_sum)
+                .collect(),
+            // Channels along the last axis (a linear weight): one pass, channel `i % C`.
+            (false, 1) => {
+                let mut sums = vec![0f64; channels];
+                for (i, (g, &x)) in data.iter_mut().zip(xs).enumerate() {
+                    let (s, z) = params[i % channels];
+                    sums[i % channels] += lsq_element(x, g, s, (grid.0 - z, grid.1 - z)) as f64;
+                }
+                sums.into_iter().enumerate().collect()
+            }
+            (false, _) => data
+                .chunks_mut(block)
+                .zip(xs.chunks(block))
+                .enumerate()
+                .map(block_sum)
+                .collect(),
+        };
         let mut per_channel = vec![0f64; channels];
         for (c, sum) in sums {
             per_channel[c] += sum;
@@ -116,45 +131,104 @@ impl LsqGradientBackend for Flex {
     }
 }
 
+avx2_kernel! {
+    /// Fake-quantizes `values` in place on the channel `(s, z)` of the grid `(qmin, qmax)`.
+    fn fake_quant_block(values: &mut [f32], channel: (f32, f32), grid: (f32, f32))
+        => fake_quant_lanes
+}
+
+#[inline(always)]
+fn fake_quant_lanes(values: &mut [f32], (s, z): (f32, f32), (lo, hi): (f32, f32)) {
+    for v in values {
+        *v = fake_quant_value(*v, s, z, lo, hi);
+    }
+}
+
 /// One block of the LSQ backward on the channel `(s, z)` of the grid `(qmin, qmax)`: turns the
 /// upstream gradient `grad` into the input's (zeroed where `round(x / s) + z` leaves the grid)
 /// and returns `Σ grad · ∂y/∂S` over the block.
-fn lsq_block(x: &[f32], grad: &mut [f32], s: f32, z: f32, (qmin, qmax): (f32, f32)) -> f64 {
-    const LANES: usize = 8;
-    let (low, high) = (qmin - z, qmax - z);
-    let element = |x: f32, g: &mut f32| -> f32 {
-        let v = x / s;
-        // Exact on the grid (|v| < 2^22 there); outside it only the side matters.
-        let r = (v + ROUNDING) - ROUNDING;
-        let (below, above) = (r < low, r > high);
-        let derivative = if below {
-            low
-        } else if above {
-            high
-        } else {
-            r - v
-        };
-        let upstream = *g;
-        *g = if below || above { 0.0 } else { upstream };
-        upstream * derivative
+fn lsq_block(x: &[f32], grad: &mut [f32], (s, z): (f32, f32), (qmin, qmax): (f32, f32)) -> f64 {
+    let grid = (qmin - z, qmax - z);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        return unsafe { avx2::lsq_block(x, grad, s, grid) };
+    }
+    lsq_tail(x, grad, s, grid)
+}
+
+/// [`lsq_element`] over a whole slice, summed in f64.
+fn lsq_tail(x: &[f32], grad: &mut [f32], s: f32, grid: (f32, f32)) -> f64 {
+    x.iter()
+        .zip(grad)
+        .map(|(&x, g)| lsq_element(x, g, s, grid) as f64)
+        .sum()
+}
+
+/// One element of [`lsq_block`] on the grid `(qmin − z, qmax − z)`: zeroes the upstream gradient
+/// `g` where `round(x / s)` leaves the grid and returns `g · ∂y/∂S`. Always inlined, so that
+/// it is compiled into the AVX2 loop.
+#[inline(always)]
+fn lsq_element(x: f32, g: &mut f32, s: f32, (low, high): (f32, f32)) -> f32 {
+    let v = x / s;
+    // Exact on the grid (|v| < 2^22 there); outside it only the side matters.
+    let r = (v + ROUNDING) - ROUNDING;
+    let (below, above) = (r < low, r > high);
+    let derivative = if below {
+        low
+    } else if above {
+        high
+    } else {
+        r - v
     };
-    with_avx2(|| {
-        let mut lanes = [0f32; LANES];
-        let mut grads = grad.chunks_exact_mut(LANES);
-        let mut xs = x.chunks_exact(LANES);
-        for (g, x) in (&mut grads).zip(&mut xs) {
-            for k in 0..LANES {
-                lanes[k] += element(x[k], &mut g[k]);
-            }
+    let upstream = *g;
+    *g = if below || above { 0.0 } else { upstream };
+    upstream * derivative
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{ROUNDING, lsq_tail};
+
+    /// [`super::lsq_block`] eight lanes at a time on the grid `(low, high)` (bounds minus the
+    /// zero point): the same arithmetic as [`super::lsq_element`] (NaN compares false, so it
+    /// counts as on the grid there too), the lanes' sums added in f64.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn lsq_block(x: &[f32], grad: &mut [f32], s: f32, (low, high): (f32, f32)) -> f64 {
+        let n = x.len().min(grad.len());
+        let step = _mm256_set1_ps(s);
+        let rounding = _mm256_set1_ps(ROUNDING);
+        let (below_bound, above_bound) = (_mm256_set1_ps(low), _mm256_set1_ps(high));
+        let mut sum = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n` elements lie in both slices.
+            let (xv, gv) = unsafe {
+                (
+                    _mm256_loadu_ps(x.as_ptr().add(i)),
+                    _mm256_loadu_ps(grad.as_ptr().add(i)),
+                )
+            };
+            let v = _mm256_div_ps(xv, step);
+            let r = _mm256_sub_ps(_mm256_add_ps(v, rounding), rounding);
+            let below = _mm256_cmp_ps::<_CMP_LT_OQ>(r, below_bound);
+            let above = _mm256_cmp_ps::<_CMP_GT_OQ>(r, above_bound);
+            let derivative = _mm256_blendv_ps(_mm256_sub_ps(r, v), below_bound, below);
+            let derivative = _mm256_blendv_ps(derivative, above_bound, above);
+            let inside = _mm256_andnot_ps(_mm256_or_ps(below, above), gv);
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(grad.as_mut_ptr().add(i), inside) };
+            sum = _mm256_add_ps(sum, _mm256_mul_ps(gv, derivative));
+            i += 8;
         }
-        let tail: f32 = grads
-            .into_remainder()
-            .iter_mut()
-            .zip(xs.remainder())
-            .map(|(g, &x)| element(x, g))
-            .sum();
-        lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
-    })
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds eight f32.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+        let lanes: f64 = lanes.iter().map(|&l| l as f64).sum();
+        lanes + lsq_tail(&x[i..n], &mut grad[i..n], s, (low, high))
+    }
 }
 
 /// Where the fused pass applies (contiguous f32 input, host-readable parameters): the storage
