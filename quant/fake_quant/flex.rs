@@ -49,8 +49,23 @@ impl FakeQuantBackend for Flex {
             run(&mut data[range]);
             return out;
         }
-        let mut dst = out.storage::<f32>()[range].to_vec();
-        run(&mut dst);
+        // Shared input: read it and write a new buffer in the same parallel pass.
+        let src = &out.storage::<f32>()[range];
+        let mut dst = vec![0f32; src.len()];
+        let apply_from = |(b, (d, s)): (usize, (&mut [f32], &[f32]))| {
+            fake_quant_block_from(s, d, params[b % channels], grid)
+        };
+        match dst.len() >= PAR_CHUNK {
+            true => dst
+                .par_chunks_mut(block)
+                .zip(src.par_chunks(block))
+                .enumerate()
+                .for_each(apply_from),
+            false => {
+                dst.copy_from_slice(src);
+                run(&mut dst);
+            }
+        }
         let data = TensorData::new(dst, out.shape());
         Flex::float_from_data(data, &Default::default())
     }
@@ -135,6 +150,19 @@ avx2_kernel! {
     /// Fake-quantizes `values` in place on the channel `(s, z)` of the grid `(qmin, qmax)`.
     fn fake_quant_block(values: &mut [f32], channel: (f32, f32), grid: (f32, f32))
         => fake_quant_lanes
+}
+
+avx2_kernel! {
+    /// [`fake_quant_block`] of `src` written into `dst`.
+    fn fake_quant_block_from(src: &[f32], dst: &mut [f32], channel: (f32, f32), grid: (f32, f32))
+        => fake_quant_lanes_from
+}
+
+#[inline(always)]
+fn fake_quant_lanes_from(src: &[f32], dst: &mut [f32], (s, z): (f32, f32), (lo, hi): (f32, f32)) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        *d = fake_quant_value(v, s, z, lo, hi);
+    }
 }
 
 #[inline(always)]
@@ -261,6 +289,66 @@ fn fused_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every route of the fused forward (in place or from a shared input, parallel or not, per
+    /// tensor, per channel in blocks, channels last) gives the scalar values.
+    #[test]
+    fn every_route_of_the_fused_forward_gives_the_scalar_values() {
+        let device = Default::default();
+        let tensor = |values: Vec<f32>, shape: Vec<usize>| {
+            Flex::float_from_data(TensorData::new(values, shape), &device)
+        };
+        for (shape, axis) in [
+            (vec![3, 70_000], 0),   // per tensor and per channel, parallel
+            (vec![40, 1, 3, 3], 0), // per channel in blocks, on the calling thread
+            (vec![1000, 10], 1),    // channels last
+        ] {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 5.0)
+                .collect();
+            let channels = match n >= PAR_CHUNK && axis == 0 && shape[0] == 3 {
+                true => [1, 3],
+                false => [shape[axis], shape[axis]],
+            };
+            for channels in channels {
+                let scales: Vec<f32> = (0..channels).map(|c| 0.05 + 0.01 * c as f32).collect();
+                let zero_points: Vec<f32> = (0..channels).map(|c| (c % 3) as f32).collect();
+                let inner: usize = match channels {
+                    1 => n,
+                    _ => shape[axis + 1..].iter().product(),
+                };
+                let expected: Vec<f32> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        let c = (i / inner) % channels;
+                        fake_quant_value(v, scales[c], zero_points[c], -8.0, 7.0)
+                    })
+                    .collect();
+                let x = tensor(values.clone(), shape.clone());
+                let scale = tensor(scales.clone(), vec![channels]);
+                let zero_point = tensor(zero_points.clone(), vec![channels]);
+                let shared = x.clone();
+                let from_shared = Flex::fake_quant(
+                    shared,
+                    scale.clone(),
+                    zero_point.clone(),
+                    axis,
+                    -8,
+                    7,
+                    false,
+                );
+                drop(x);
+                let unique = tensor(values.clone(), shape.clone());
+                let in_place = Flex::fake_quant(unique, scale, zero_point, axis, -8, 7, false);
+                for got in [from_shared, in_place] {
+                    let got = got.as_slice::<f32>().expect("contiguous f32").to_vec();
+                    assert_eq!(got, expected, "{shape:?}, {channels}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn rounding_trick_rounds_half_to_even() {
