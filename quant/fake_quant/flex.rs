@@ -35,14 +35,14 @@ impl FakeQuantBackend for Flex {
         let block = if channels == 1 { PAR_CHUNK } else { inner };
         let apply =
             |(b, chunk): (usize, &mut [f32])| fake_quant_block(chunk, params[b % channels], grid);
-        let run = |data: &mut [f32]| match (data.len() >= PAR_CHUNK, inner) {
-            (true, _) => data.par_chunks_mut(block).enumerate().for_each(apply),
-            // Channels along the last axis (a linear weight): one pass, channel `i % C`.
-            (false, 1) => data.iter_mut().enumerate().for_each(|(i, v)| {
+        let route = Route::of(range.len(), channels, inner);
+        let run = |data: &mut [f32]| match route {
+            Route::Parallel => data.par_chunks_mut(block).enumerate().for_each(apply),
+            Route::Serial => data.chunks_mut(block).enumerate().for_each(apply),
+            Route::ChannelsLast => data.iter_mut().enumerate().for_each(|(i, v)| {
                 let (s, z) = params[i % channels];
                 *v = fake_quant_value(*v, s, z, grid.0, grid.1);
             }),
-            (false, _) => data.chunks_mut(block).enumerate().for_each(apply),
         };
         let mut out = x;
         if let Some(data) = out.try_storage_mut::<f32>() {
@@ -55,13 +55,13 @@ impl FakeQuantBackend for Flex {
         let apply_from = |(b, (d, s)): (usize, (&mut [f32], &[f32]))| {
             fake_quant_block_from(s, d, params[b % channels], grid)
         };
-        match dst.len() >= PAR_CHUNK {
-            true => dst
+        match route {
+            Route::Parallel => dst
                 .par_chunks_mut(block)
                 .zip(src.par_chunks(block))
                 .enumerate()
                 .for_each(apply_from),
-            false => {
+            Route::Serial | Route::ChannelsLast => {
                 dst.copy_from_slice(src);
                 run(&mut dst);
             }
@@ -109,32 +109,36 @@ impl LsqGradientBackend for Flex {
         let block_sum = |(b, (g, x)): (usize, (&mut [f32], &[f32]))| {
             (b % channels, lsq_block(x, g, params[b % channels], grid))
         };
-        let sums: Vec<(usize, f64)> = match (data.len() >= PAR_CHUNK, inner) {
-            (true, _) => data
-                .par_chunks_mut(block)
-                .zip(xs.par_chunks(block))
-                .enumerate()
-                .map(block_sum)
-                .collect(),
-            // Channels along the last axis (a linear weight): one pass, channel `i % C`.
-            (false, 1) => {
-                let mut sums = vec![0f64; channels];
+        let mut per_channel = vec![0f64; channels];
+        match Route::of(data.len(), channels, inner) {
+            Route::Parallel => {
+                let sums: Vec<(usize, f64)> = data
+                    .par_chunks_mut(block)
+                    .zip(xs.par_chunks(block))
+                    .enumerate()
+                    .map(block_sum)
+                    .collect();
+                for (c, sum) in sums {
+                    per_channel[c] += sum;
+                }
+            }
+            Route::Serial => {
+                for (c, sum) in data
+                    .chunks_mut(block)
+                    .zip(xs.chunks(block))
+                    .enumerate()
+                    .map(block_sum)
+                {
+                    per_channel[c] += sum;
+                }
+            }
+            Route::ChannelsLast => {
                 for (i, (g, &x)) in data.iter_mut().zip(xs).enumerate() {
                     let (s, z) = params[i % channels];
-                    sums[i % channels] += lsq_element(x, g, s, (grid.0 - z, grid.1 - z)) as f64;
+                    per_channel[i % channels] +=
+                        lsq_element(x, g, s, (grid.0 - z, grid.1 - z)) as f64;
                 }
-                sums.into_iter().enumerate().collect()
             }
-            (false, _) => data
-                .chunks_mut(block)
-                .zip(xs.chunks(block))
-                .enumerate()
-                .map(block_sum)
-                .collect(),
-        };
-        let mut per_channel = vec![0f64; channels];
-        for (c, sum) in sums {
-            per_channel[c] += sum;
         }
         let step: Vec<f32> = per_channel
             .iter()
@@ -143,6 +147,31 @@ impl LsqGradientBackend for Flex {
         let grad_step =
             Flex::float_from_data(TensorData::new(step, scale.shape()), &Default::default());
         [grad_x, grad_step]
+    }
+}
+
+/// How a fused pass walks a tensor.
+#[derive(Clone, Copy)]
+enum Route {
+    /// Blocks spread over the cores (per tensor: chunks of [`PAR_CHUNK`]; per channel: one
+    /// block per channel step).
+    Parallel,
+    /// The same blocks on the calling thread: the tensor is smaller than [`PAR_CHUNK`] (a
+    /// weight), where rayon's cost per task would exceed the work.
+    Serial,
+    /// Channels along the last axis (a linear weight: one element per block): one pass, the
+    /// channel of element `i` being `i % C`.
+    ChannelsLast,
+}
+
+impl Route {
+    /// The route for `len` elements with `channels` parameters, `inner` elements per block.
+    fn of(len: usize, channels: usize, inner: usize) -> Self {
+        match (channels > 1 && inner == 1, len >= PAR_CHUNK) {
+            (true, _) => Self::ChannelsLast,
+            (false, true) => Self::Parallel,
+            (false, false) => Self::Serial,
+        }
     }
 }
 
@@ -302,6 +331,7 @@ mod tests {
             (vec![3, 70_000], 0),   // per tensor and per channel, parallel
             (vec![40, 1, 3, 3], 0), // per channel in blocks, on the calling thread
             (vec![1000, 10], 1),    // channels last
+            (vec![7000, 10], 1),    // channels last, larger than a parallel chunk
         ] {
             let n: usize = shape.iter().product();
             let values: Vec<f32> = (0..n)
