@@ -129,6 +129,12 @@ impl QParams {
     }
 }
 
+/// The value of channel `channel` among per-channel parameters, or the only one of per-tensor
+/// parameters.
+pub(crate) fn channel_value<T: Copy>(values: &[T], channel: usize) -> T {
+    values[if values.len() > 1 { channel } else { 0 }]
+}
+
 /// Checks host range bounds: finite and ordered.
 pub fn check_bounds(min: f32, max: f32) -> Result<(), QuantError> {
     if !min.is_finite() || !max.is_finite() {

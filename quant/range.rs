@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use crate::backend::{host_f32, is_host_device};
 use crate::fake_quant::fake_quant_value;
+use crate::qparams::channel_value;
 use crate::simd::avx2_kernel;
 use crate::{QParams, QScheme, QuantError, Ste, fake_quant};
 
@@ -156,15 +157,18 @@ fn host_squared_errors(rows: Tensor<2>, grids: &[QParams]) -> Tensor<2> {
             (scale, zero_point, lo, hi)
         })
         .collect();
-    let at = |v: &[f32], c: usize| v[if v.len() > 1 { c } else { 0 }];
-    let at_int = |v: &[i32], c: usize| v[if v.len() > 1 { c } else { 0 }];
     let errors: Vec<f32> = (0..channels)
         .flat_map(|c| {
             let row = &values[c * n..(c + 1) * n];
             let channel: Vec<[f32; 4]> = params
                 .iter()
                 .map(|(scale, zero_point, lo, hi)| {
-                    [at(scale, c), at_int(zero_point, c) as f32, *lo, *hi]
+                    [
+                        channel_value(scale, c),
+                        channel_value(zero_point, c) as f32,
+                        *lo,
+                        *hi,
+                    ]
                 })
                 .collect();
             let partial: Vec<Vec<f64>> = row

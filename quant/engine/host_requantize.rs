@@ -4,6 +4,7 @@
 
 use super::FixedPointMultiplier;
 use super::requantizer::Requantizer;
+use crate::qparams::channel_value;
 
 /// `output[i] = clamp(M·acc[i] + zo, qmin, qmax)` over one channel's accumulators.
 ///
@@ -59,11 +60,7 @@ impl Requantizer {
 
     /// The multiplier of output channel `channel` (the only one when per tensor).
     pub(crate) fn multiplier(&self, channel: usize) -> FixedPointMultiplier {
-        self.multipliers[if self.multipliers.len() > 1 {
-            channel
-        } else {
-            0
-        }]
+        channel_value(&self.multipliers, channel)
     }
 }
 

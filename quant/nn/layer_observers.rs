@@ -9,6 +9,7 @@ use crate::backend::host_i32;
 use crate::engine::Requantizer;
 use crate::export::{ActivationGrid, ExportOp, IntBias, IntWeight, not_integer};
 use crate::fake_quant::{fake_quant, fake_quant_on_grid};
+use crate::qparams::channel_value;
 use crate::{MinMaxObserver, QParams, QuantError, Ste, quantize};
 
 /// Grid of the int32 bias.
@@ -377,7 +378,7 @@ fn freeze_bias(bias: Tensor<1>, si: f32, sw: &[f32]) -> Tensor<1, Int> {
         .iter()
         .enumerate()
         .map(|(c, &b)| {
-            let scale = si * sw[if sw.len() > 1 { c } else { 0 }];
+            let scale = si * channel_value(sw, c);
             (b / scale).round_ties_even().clamp(-limit, limit) as i32
         })
         .collect();
