@@ -4,7 +4,9 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::backend::is_host_device;
+use crate::fake_quant::grid_offset;
 use crate::ops::SERIAL_MAX_LEN;
+use crate::simd::avx2_kernel;
 use crate::{Granularity, QMode, QScheme, QuantError};
 
 /// Quantization parameters: one scale and zero point per tensor or per channel.
@@ -186,8 +188,9 @@ fn tensor_quantize<const D: usize>(
     (x.div(scale).round() + zero_point).clamp(qmin, qmax).int()
 }
 
-/// [`quantize`] per tensor on host memory (the CPU backends): the same float operations in
-/// one pass over the values (on rayon's threads when they are many) instead of five tensor ops.
+/// [`quantize`] per tensor on host memory (the CPU backends): the same grid points in one
+/// pass over the values ([`quantize_block`], on rayon's threads when they are many) instead of
+/// five tensor ops.
 fn host_quantize<const D: usize>(
     x: Tensor<D>,
     qparams: &QParams,
@@ -195,16 +198,33 @@ fn host_quantize<const D: usize>(
 ) -> Tensor<D, Int> {
     let (device, shape) = (x.device(), x.dims());
     let (scale, zero_point) = qparams.to_host();
-    let (scale, zero_point) = (scale[0], zero_point[0] as f32);
+    let grid = [scale[0], zero_point[0] as f32, qmin, qmax];
     let data = x.into_data().convert::<f32>();
     let values = data.as_slice::<f32>().expect("f32 data");
-    let level = |&v: &f32| ((v / scale).round_ties_even() + zero_point).clamp(qmin, qmax) as i32;
-    let q: Vec<i32> = match values.len() < SERIAL_MAX_LEN {
-        true => values.iter().map(level).collect(),
-        false => values.par_iter().with_min_len(1 << 12).map(level).collect(),
-    };
+    let mut q = vec![0i32; values.len()];
+    match values.len() < SERIAL_MAX_LEN {
+        true => quantize_block(values, &mut q, grid),
+        false => values
+            .par_chunks(1 << 14)
+            .zip(q.par_chunks_mut(1 << 14))
+            .for_each(|(values, q)| quantize_block(values, q, grid)),
+    }
     Tensor::from_data(TensorData::new(q, shape), &device)
 }
+
+/// `q[i] = clamp(round(values[i] / s) + z, lo, hi)` for `[s, z, lo, hi]`, rounding half to even
+/// as fake-quant does ([`grid_offset`]); NaN becomes 0.
+#[inline(always)]
+fn quantize_values(values: &[f32], q: &mut [i32], [s, z, lo, hi]: [f32; 4]) {
+    for (q, &v) in q.iter_mut().zip(values) {
+        *q = (grid_offset(v, s, z, lo, hi) + z) as i32;
+    }
+}
+
+avx2_kernel!(
+    /// [`quantize_values`], with AVX2 when the CPU has it.
+    fn quantize_block(values: &[f32], q: &mut [i32], grid: [f32; 4]) => quantize_values
+);
 
 /// Dequantizes: `x = S * (q - Z)`.
 pub fn dequantize<const D: usize>(q: Tensor<D, Int>, qparams: &QParams) -> Tensor<D> {
@@ -221,7 +241,8 @@ mod tests {
     #[test]
     fn host_quantize_equals_the_tensor_ops() {
         let device = default_device().unwrap();
-        let mut values: Vec<f32> = (0..5000)
+        // More values than `SERIAL_MAX_LEN`: the parallel route too.
+        let mut values: Vec<f32> = (0..SERIAL_MAX_LEN + 5000)
             .map(|i| ((i * 7919) % 2001) as f32 * 0.0137 - 13.0)
             .collect();
         values.extend([0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -1.5, 1e7, -1e7]);

@@ -19,6 +19,7 @@ use super::host_requantize::requantize_into;
 use super::pool::max_pool_plane;
 use crate::backend::host_i32;
 use crate::ops::{ConvDims, SERIAL_MAX_LEN, zeroed_chunks};
+use crate::simd::avx2_kernel;
 
 /// The largest operand magnitude of the 16-bit route: with `|a|, |b| ≤ 32767` a pair sum
 /// `a₀b₀ + a₁b₁` is below `2^31`.
@@ -93,9 +94,7 @@ pub(crate) fn conv_requantize(
     let x = host_i32(q);
     let fits = |v: i32| v.checked_sub(zi).is_some_and(|d| d.abs() <= OPERAND_LIMIT);
     let in_range = |chunk: &[i32]| {
-        let (low, high) = chunk
-            .iter()
-            .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (low, high) = extremes(chunk);
         chunk.is_empty() || fits(low) && fits(high)
     };
     let fitting = match x.len() < SERIAL_MAX_LEN {
@@ -171,7 +170,7 @@ pub(crate) fn conv_requantize(
             for group in 0..groups {
                 match &wide {
                     Some(wide) => {
-                        wide.fill_image(&dims, &x, image, group, patches, to_operand);
+                        wide.fill_image(&dims, &x, image, group, patches, zi);
                         wide.interleave(&dims, patches, padded, interleaved);
                     }
                     None => {
@@ -257,8 +256,8 @@ impl WideRows {
         channels * self.height * self.width + self.width
     }
 
-    /// The input channels of `group` of image `n`, each value through `convert` (minus the
-    /// zero point, as i16), into the zero-padded image.
+    /// The input channels of `group` of image `n`, each value minus `zero_point` as i16 (in
+    /// range: checked by the caller), into the zero-padded image.
     fn fill_image(
         &self,
         dims: &ConvDims,
@@ -266,12 +265,17 @@ impl WideRows {
         n: usize,
         group: usize,
         image: &mut [i16],
-        convert: impl Fn(i32) -> i16,
+        zero_point: i32,
     ) {
         let w = &dims.windows;
         let ([h, iw], [top, left]) = (w.input, w.before);
         let depth = dims.depth();
-        image.fill(0);
+        if w.before != [0, 0] || self.height > h || self.width > iw {
+            image.fill(0);
+        } else {
+            // Only the tail past the last channel (read by the last taps' runs) is padding.
+            image[depth * self.height * self.width..].fill(0);
+        }
         for ci in 0..depth {
             let c = n * dims.in_channels + group * depth + ci;
             let channel = &x[c * h * iw..][..h * iw];
@@ -280,10 +284,7 @@ impl WideRows {
                 .chunks_exact(iw)
                 .take(self.height.saturating_sub(top));
             for (row, out) in rows.zip(padded.chunks_exact_mut(self.width).skip(top)) {
-                let out = &mut out[left.min(self.width)..];
-                for (o, &v) in out.iter_mut().zip(row) {
-                    *o = convert(v);
-                }
+                to_operands(row, &mut out[left.min(self.width)..], zero_point);
             }
         }
     }
@@ -327,20 +328,17 @@ fn interleave(patches: &[i16], plane: usize, padded: usize, interleaved: &mut [i
 
 /// `pairs[2p] = low[p]`, `pairs[2p + 1] = high[p]` (0 without `high`).
 fn interleave_pair(low: &[i16], high: Option<&[i16]>, pairs: &mut [i16]) {
-    // The first pairs 16 at a time with AVX2 (when there is a high row), the rest here.
-    #[allow(unused_mut)]
-    let mut done = 0;
+    // Rows of 16 pairs or more with AVX2, shorter ones (or without AVX2) here.
     #[cfg(target_arch = "x86_64")]
-    if let Some(high) = high
-        && std::arch::is_x86_feature_detected!("avx2")
-    {
+    if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2 (checked above).
-        done = unsafe { avx2::interleave_pair(low, high, pairs) };
+        if unsafe { avx2::interleave_pair(low, high, pairs) } {
+            return;
+        }
     }
-    let (low, pairs) = (&low[done..], &mut pairs[2 * done..]);
     match high {
         Some(high) => {
-            for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(low).zip(&high[done..]) {
+            for ((pair, &a), &b) in pairs.chunks_exact_mut(2).zip(low).zip(high) {
                 pair[0] = a;
                 pair[1] = b;
             }
@@ -353,6 +351,33 @@ fn interleave_pair(low: &[i16], high: Option<&[i16]>, pairs: &mut [i16]) {
         }
     }
 }
+
+/// `out[i] = values[i] − zero_point` as i16, for the shorter of the two (each in range:
+/// checked by the caller).
+#[inline(always)]
+fn operands(values: &[i32], out: &mut [i16], zero_point: i32) {
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = v.wrapping_sub(zero_point) as i16;
+    }
+}
+
+avx2_kernel!(
+    /// [`operands`], with AVX2 when the CPU has it.
+    fn to_operands(values: &[i32], out: &mut [i16], zero_point: i32) => operands
+);
+
+/// The smallest and the largest of `values` (`(i32::MAX, i32::MIN)` when empty).
+#[inline(always)]
+fn min_max(values: &[i32]) -> (i32, i32) {
+    values
+        .iter()
+        .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+avx2_kernel!(
+    /// [`min_max`], with AVX2 when the CPU has it.
+    fn extremes(values: &[i32]) -> (i32, i32) => min_max
+);
 
 /// `acc[p] = bias + Σ_r w_lo[r]·pairs[r][p][0] + w_hi[r]·pairs[r][p][1]` over a padded plane.
 fn accumulate(interleaved: &[i16], padded: usize, weights: &[i32], bias: i32, acc: &mut [i32]) {
@@ -407,21 +432,40 @@ fn accumulate_portable(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// [`super::interleave_pair`] 16 pairs at a time; returns how many pairs it wrote (a
-    /// multiple of 16), the caller writes the rest.
+    /// [`super::interleave_pair`] 16 pairs at a time (a row that is not a whole number of
+    /// steps ends with one step over its last 16 pairs, overlapping the step before); without
+    /// `high` the odd values are 0. Returns whether it wrote the row: `false` (nothing
+    /// written) for rows of fewer than 16 pairs.
     ///
     /// # Safety
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn interleave_pair(low: &[i16], high: &[i16], pairs: &mut [i16]) -> usize {
-        let count = low.len().min(high.len()).min(pairs.len() / 2) / 16 * 16;
-        let (a, b, out) = (low.as_ptr(), high.as_ptr(), pairs.as_mut_ptr());
-        for p in (0..count).step_by(16) {
+    pub(super) unsafe fn interleave_pair(
+        low: &[i16],
+        high: Option<&[i16]>,
+        pairs: &mut [i16],
+    ) -> bool {
+        let count = match high {
+            Some(high) => low.len().min(high.len()),
+            None => low.len(),
+        }
+        .min(pairs.len() / 2);
+        if count < 16 {
+            return false;
+        }
+        let (a, out) = (low.as_ptr(), pairs.as_mut_ptr());
+        let starts = (0..count - 15)
+            .step_by(16)
+            .chain((!count.is_multiple_of(16)).then_some(count - 16));
+        for p in starts {
             // SAFETY: values p..p + 16 of `low` and `high` and 2p..2p + 32 of `pairs` lie
-            // inside the slices (`count` bounds them); unaligned access.
+            // inside the slices (`p + 16 ≤ count`); unaligned access.
             unsafe {
                 let a = _mm256_loadu_si256(a.add(p) as *const __m256i);
-                let b = _mm256_loadu_si256(b.add(p) as *const __m256i);
+                let b = match high {
+                    Some(high) => _mm256_loadu_si256(high.as_ptr().add(p) as *const __m256i),
+                    None => _mm256_setzero_si256(),
+                };
                 // Per 128-bit lane: pairs 0..4 and 8..12 (lo), 4..8 and 12..16 (hi).
                 let (lo, hi) = (_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b));
                 let first = _mm256_permute2x128_si256::<0x20>(lo, hi);
@@ -430,7 +474,7 @@ mod avx2 {
                 _mm256_storeu_si256(out.add(2 * p + 16) as *mut __m256i, second);
             }
         }
-        count
+        true
     }
 
     /// [`super::accumulate`] with `_mm256_madd_epi16`: 32 outputs at a time in four

@@ -116,9 +116,12 @@ pub(crate) fn max_pool_plane(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// The 2 × 2 windows of one output row, eight at a time: the larger of the two input rows,
-    /// then of each pair of columns. Returns how many outputs it wrote (a multiple of 8); the
-    /// caller writes the rest.
+    /// The 2 × 2 windows of one output row: the larger of the two input rows, then of each
+    /// pair of columns, eight windows at a time (four at a time in rows of 4 to 7 windows). A
+    /// row that is not a whole number of steps ends with one step over its last windows,
+    /// overlapping the step before (the same values written twice). Returns how many outputs
+    /// it wrote: all of them, or none in rows of fewer than 4 windows (the caller writes
+    /// those).
     ///
     /// # Safety
     /// The CPU must support AVX2.
@@ -128,23 +131,41 @@ mod avx2 {
         bottom: &[i32],
         out: &mut [i32],
     ) -> usize {
-        let count = (top.len().min(bottom.len()) / 2).min(out.len()) / 8 * 8;
+        let count = (top.len().min(bottom.len()) / 2).min(out.len());
         let (t, b, o) = (top.as_ptr(), bottom.as_ptr(), out.as_mut_ptr());
-        for x in (0..count).step_by(8) {
-            // SAFETY: inputs 2x..2x + 16 and outputs x..x + 8 lie inside the slices (`count`
-            // bounds them); unaligned access.
+        let step = if count >= 8 { 8 } else { 4 };
+        if count < step {
+            return 0;
+        }
+        // Window `x` of each step: `0, step, 2·step, …`, then `count − step`.
+        let starts = (0..count - step + 1)
+            .step_by(step)
+            .chain((!count.is_multiple_of(step)).then_some(count - step));
+        for x in starts {
+            // SAFETY: inputs 2x..2x + 2·step and outputs x..x + step lie inside the slices
+            // (`x + step ≤ count`); unaligned access.
             unsafe {
-                let load = |p: *const i32| _mm256_loadu_si256(p as *const __m256i);
-                let lo = _mm256_max_epi32(load(t.add(2 * x)), load(b.add(2 * x)));
-                let hi = _mm256_max_epi32(load(t.add(2 * x + 8)), load(b.add(2 * x + 8)));
-                // Per 128-bit lane: the even and the odd columns of lo and hi, then the 64-bit
-                // quarters put in order.
-                let (lo, hi) = (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi));
-                let even = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi));
-                let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi));
-                let windows =
-                    _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_max_epi32(even, odd));
-                _mm256_storeu_si256(o.add(x) as *mut __m256i, windows);
+                if step == 8 {
+                    let load = |p: *const i32| _mm256_loadu_si256(p as *const __m256i);
+                    let lo = _mm256_max_epi32(load(t.add(2 * x)), load(b.add(2 * x)));
+                    let hi = _mm256_max_epi32(load(t.add(2 * x + 8)), load(b.add(2 * x + 8)));
+                    // Per 128-bit lane: the even and the odd columns of lo and hi, then the
+                    // 64-bit quarters put in order.
+                    let (lo, hi) = (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi));
+                    let even = _mm256_castps_si256(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi));
+                    let odd = _mm256_castps_si256(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi));
+                    let windows =
+                        _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_max_epi32(even, odd));
+                    _mm256_storeu_si256(o.add(x) as *mut __m256i, windows);
+                } else {
+                    let load = |p: *const i32| _mm_loadu_si128(p as *const __m128i);
+                    let lo = _mm_max_epi32(load(t.add(2 * x)), load(b.add(2 * x)));
+                    let hi = _mm_max_epi32(load(t.add(2 * x + 4)), load(b.add(2 * x + 4)));
+                    let (lo, hi) = (_mm_castsi128_ps(lo), _mm_castsi128_ps(hi));
+                    let even = _mm_castps_si128(_mm_shuffle_ps::<0b10_00_10_00>(lo, hi));
+                    let odd = _mm_castps_si128(_mm_shuffle_ps::<0b11_01_11_01>(lo, hi));
+                    _mm_storeu_si128(o.add(x) as *mut __m128i, _mm_max_epi32(even, odd));
+                }
             }
         }
         count
@@ -166,6 +187,10 @@ mod tests {
             (2, [26, 26]),
             (2, [5, 37]),
             (2, [1, 5]),
+            // Rows of 5 and 8 windows: the 4-wide step with an overlapping last step, and
+            // exactly one 8-wide step.
+            (2, [4, 11]),
+            (2, [6, 16]),
             (3, [8, 10]),
             (1, [3, 2]),
         ] {

@@ -118,8 +118,16 @@ pub(crate) const ROUNDING: f32 = 12_582_912.0;
 /// rounding gives the same grid point, and `z` (an integer) cancels exactly.
 #[inline(always)]
 pub(crate) fn fake_quant_value(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
+    grid_offset(x, s, z, lo, hi) * s
+}
+
+/// `clamp(round(x / s) + z, lo, hi) - z` (the grid point of `x` minus the zero point, as a
+/// float), rounding half to even, computed as in [`fake_quant_value`]: the integer engine's
+/// input quantization and fake-quant round every value to the same grid point.
+#[inline(always)]
+pub(crate) fn grid_offset(x: f32, s: f32, z: f32, lo: f32, hi: f32) -> f32 {
     let v = (x / s).clamp(lo - z, hi - z);
-    ((v + ROUNDING) - ROUNDING) * s
+    (v + ROUNDING) - ROUNDING
 }
 
 /// The fake-quant forward composed of backend ops (the default body of
