@@ -270,7 +270,7 @@ impl WideRows {
         let w = &dims.windows;
         let ([h, iw], [top, left]) = (w.input, w.before);
         let depth = dims.depth();
-        if w.before != [0, 0] || self.height > h || self.width > iw {
+        if dims.padded() {
             image.fill(0);
         } else {
             // Only the tail past the last channel (read by the last taps' runs) is padding.

@@ -222,7 +222,7 @@ impl ConvDims {
     }
 
     /// Whether some taps read the padding (the patch matrix then has zeros to keep).
-    fn padded(&self) -> bool {
+    pub(crate) fn padded(&self) -> bool {
         let w = &self.windows;
         (0..2).any(|d| {
             let span = w.dilation[d] * (self.kernel[d] - 1) + 1;
