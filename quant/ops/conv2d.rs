@@ -1,6 +1,7 @@
 //! The direct convolution as a Burn backend extension: Flex runs it on its storage, NdArray on
-//! a host copy; `Autodiff<B, C>` (`conv2d_autodiff.rs`) computes the gradients with the same
-//! kernels.
+//! a host copy, the CubeCL backends run a grouped one as `cube_conv.rs`'s kernels (`Fusion`
+//! records it as a custom op); `Autodiff<B, C>` (`conv2d_autodiff.rs`) computes the gradients
+//! with the same kernels.
 
 // `NdArray` is deprecated by Burn but still supported here behind its feature.
 #![allow(deprecated)]
@@ -12,6 +13,8 @@ use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension, tensor
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
+#[cfg(feature = "wgpu")]
+use super::cube_conv::conv2d_output_shape;
 use super::direct_conv::{self, ConvDims};
 use crate::backend::is_host_device;
 
@@ -22,11 +25,14 @@ use crate::backend::is_host_device;
 #[backend_extension(
     Autodiff,
     Flex: cfg(feature = "flex"),
-    NdArray: cfg(feature = "ndarray")
+    NdArray: cfg(feature = "ndarray"),
+    Cube: cfg(feature = "wgpu"),
+    Fusion: cfg(feature = "wgpu")
 )]
 pub trait DirectConvBackend: Backend {
     /// `conv2d(x, weight) + bias` (shapes as [`ModuleOps::conv2d`]; a layer without bias
     /// passes zeros).
+    #[fusion(dtype = x, shape = conv2d_output_shape(x, weight, options))]
     fn direct_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -37,6 +43,7 @@ pub trait DirectConvBackend: Backend {
     }
 
     /// The gradient with respect to `x` (only its shape is read) for `output_grad`.
+    #[fusion(dtype = x, shape = x)]
     fn direct_conv2d_x_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -47,6 +54,7 @@ pub trait DirectConvBackend: Backend {
     }
 
     /// The gradient with respect to `weight` (only its shape is read) for `output_grad`.
+    #[fusion(dtype = weight, shape = weight)]
     fn direct_conv2d_weight_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -57,6 +65,7 @@ pub trait DirectConvBackend: Backend {
     }
 
     /// The gradient with respect to `bias` (only its shape is read) for `output_grad`.
+    #[fusion(default)]
     fn direct_conv2d_bias_backward(
         x: FloatTensor<Self>,
         bias: FloatTensor<Self>,
@@ -67,7 +76,8 @@ pub trait DirectConvBackend: Backend {
 }
 
 /// A 2-D convolution, as [`burn::tensor::module::conv2d`] computes it, with burn-quant's
-/// direct kernels (forward and backward) on the CPU backends and Burn's op elsewhere.
+/// direct kernels (forward and backward) on the CPU backends, its CubeCL kernels for a grouped
+/// convolution on the GPU backends, and Burn's op for an ungrouped one there.
 ///
 /// # Shapes
 /// - x: `[batch, channels_in, height, width]`
@@ -96,7 +106,9 @@ pub fn conv2d(
     options: ConvOptions<2>,
 ) -> Tensor<4> {
     let device = x.device();
-    if !is_host_device(&device) {
+    // On the GPU backends Burn's op runs an ungrouped convolution well; a grouped one takes the
+    // extension's single launch instead of Burn's loop over the groups.
+    if !is_host_device(&device) && options.groups == 1 {
         return burn::tensor::module::conv2d(x, weight, bias, options);
     }
     let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &device));

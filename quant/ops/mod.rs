@@ -2,7 +2,8 @@
 //! backends, as backend extensions with their own backward passes.
 //!
 //! - [`conv2d`]: direct 2-D convolution (no im2col, no loop over groups with slices) for Flex
-//!   and NdArray, forward and the three gradients; other backends run Burn's
+//!   and NdArray, forward and the three gradients; on the CubeCL backends a grouped
+//!   convolution is one launch per pass for all groups, an ungrouped one Burn's
 //!   [`burn::tensor::module::conv2d`], which is also the test oracle.
 //! - [`max_pool2d`]: direct 2-D max-pooling that keeps each window's argmax for its backward
 //!   pass, for Flex and NdArray (symmetric padding, floor mode); otherwise Burn's
@@ -10,6 +11,8 @@
 
 mod conv2d;
 mod conv2d_autodiff;
+#[cfg(feature = "wgpu")]
+mod cube_conv;
 mod direct_conv;
 mod finite_extremes;
 mod host_buffer;

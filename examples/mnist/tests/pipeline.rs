@@ -5,10 +5,10 @@
 //! the whole training set (98.5 %), `NetBN` for 1 epoch on 20,000 images. ndarray (deprecated
 //! upstream, several times slower) and wgpu (lavapipe, a software device, in CI) run the same
 //! tests on a reduced fixture (1 epoch on 3,200 images, 500 test images, 10 calibration
-//! batches where calibration length does not matter), which keeps the suite within CI time:
-//! the agreement of the integer engine with the fake-quantized model is checked on every
-//! backend at every bit width, the accuracy targets, which need a well-trained model, only at
-//! full size.
+//! batches), which keeps the suite within CI time: the agreement of the integer engine with
+//! the fake-quantized model is checked on every backend (at 2, 4 and 8 bits on a reduced
+//! fixture, every width from 2 to 8 at full size), the accuracy targets, which need a
+//! well-trained model, only at full size.
 //! `BURN_QUANT_TEST_SCALE=full|reduced` overrides the choice.
 
 #[path = "../../../tests/common/mod.rs"]
@@ -82,6 +82,12 @@ fn net_bn() -> &'static Fixture<NetBN> {
     FIXTURE.get_or_init(|| build(20_000, 1))
 }
 
+/// Calibration batches: `full` on the full fixture, 10 on a reduced one (where no accuracy is
+/// asserted, and each calibration batch costs about half a second on lavapipe).
+fn calibration_batches<M>(f: &Fixture<M>, full: usize) -> usize {
+    if f.full { full } else { 10 }
+}
+
 fn skip_unless_full<M>(f: &Fixture<M>, what: &str) -> bool {
     if !f.full {
         eprintln!("skipped on a reduced fixture: {what} (BURN_QUANT_TEST_SCALE=full runs it)");
@@ -90,12 +96,13 @@ fn skip_unless_full<M>(f: &Fixture<M>, what: &str) -> bool {
 }
 
 /// Logits: bit-exact evaluation equals the engine, float evaluation is within one LSB; the
-/// same prediction on at least 99.9 % of the test images, at 2 to 8 bits.
+/// same prediction on at least 99.9 % of the test images, at 2 to 8 bits (2, 4 and 8 on a
+/// reduced fixture).
 fn engine_agrees_with_fake_quant<M: MnistModel>(f: &Fixture<M>) {
     // The agreement does not depend on how long the observers calibrate: 50 batches (10 on a
     // reduced fixture).
     let exact = PipelineConfig {
-        calib_batches: if f.full { 50 } else { 10 },
+        calib_batches: calibration_batches(f, 50),
         ..PipelineConfig::reference()
     };
     assert!(exact.quantize_bias && exact.exact_eval);
@@ -112,7 +119,13 @@ fn engine_agrees_with_fake_quant<M: MnistModel>(f: &Fixture<M>) {
         let scale = fake.grid().expect("quantized logits").to_host().0[0];
         to_vec((fake.dequantize() - int.dequantize()).abs().max())[0] / scale
     };
-    for bits in 2..=8 {
+    // Every width on the full fixture; the narrowest, a middle and the widest on a reduced one
+    // (each width costs about half a minute on lavapipe).
+    let widths: Vec<u32> = match f.full {
+        true => (2..=8).collect(),
+        false => vec![2, 4, 8],
+    };
+    for bits in widths {
         let (qnet, result) =
             experiment::ptq(&f.net, bits, &f.train, &test, &exact, &mut |_| {}).unwrap();
         let lsb = max_lsb(&qnet);
@@ -140,7 +153,11 @@ fn integer_engine_agrees_with_fake_quant_net_bn() {
 }
 
 fn ptq_8_bits_within_0_3_points<M: MnistModel>(f: &Fixture<M>) {
-    let config = PipelineConfig::reference();
+    let reference = PipelineConfig::reference();
+    let config = PipelineConfig {
+        calib_batches: calibration_batches(f, reference.calib_batches),
+        ..reference
+    };
     let (_, result) = experiment::ptq(&f.net, 8, &f.train, &f.test, &config, &mut |_| {}).unwrap();
     if !skip_unless_full(f, "8-bit PTQ within 0.3 pt of float") {
         assert!(
@@ -212,6 +229,7 @@ fn lsq_qat_2_bits_reaches_95_percent_on_a_ci_budget() {
         integer_logits: true,
         weight_range: RangeEstimator::Mse,
         activation_range: RangeEstimator::Mse,
+        calib_batches: calibration_batches(f, PipelineConfig::reference().calib_batches),
         ..PipelineConfig::reference()
     };
     let train = f.train.first(25_600);
@@ -244,7 +262,7 @@ fn binary_and_ternary_lsq_models_agree_with_the_engine() {
             lr: 0.001,
             ..TrainConfig::reference_qat()
         },
-        calib_batches: 20,
+        calib_batches: calibration_batches(f, 20),
         learned_step: true,
         symmetric_weights: true,
         integer_logits: true,
