@@ -9,6 +9,7 @@ use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::Shape;
 use burn::tensor::ops::ConvOptions;
+use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, kernel::into_contiguous, ops::numeric::empty_device_dtype};
 use cubecl::{calculate_cube_count_elemwise, prelude::*};
 
@@ -188,6 +189,23 @@ pub(crate) fn conv2d_output_shape(x: &Shape, weight: &Shape, options: &ConvOptio
     Shape::from([batch, out_channels, plane[0], plane[1]])
 }
 
+/// A new tensor of `shape` beside `like` (its client, device and dtype), filled by `launch`
+/// with the cube count and size that give one unit per value (not called when it is empty).
+fn one_unit_per_value(
+    like: &CubeTensor,
+    shape: Shape,
+    launch: impl FnOnce(CubeCount, CubeDim, &CubeTensor),
+) -> CubeTensor {
+    let output = empty_device_dtype(like.client.clone(), like.device.clone(), shape, like.dtype);
+    let count = output.meta.shape().num_elements();
+    if count > 0 {
+        let cube_dim = CubeDim::new(&like.client, count);
+        let cube_count = calculate_cube_count_elemwise(&like.client, count, cube_dim);
+        launch(cube_count, cube_dim, &output);
+    }
+    output
+}
+
 impl DirectConvBackend for CubeBackend {
     fn direct_conv2d(
         x: FloatTensor<Self>,
@@ -200,13 +218,10 @@ impl DirectConvBackend for CubeBackend {
         }
         let shape = conv2d_output_shape(&x.shape(), &weight.shape(), &options);
         let [x, weight, bias] = [x, weight, bias].map(into_contiguous);
-        let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
-        let count = output.meta.shape().num_elements();
-        if count > 0 {
-            let cube_dim = CubeDim::new(&x.client, count);
+        one_unit_per_value(&x, shape, |cube_count, cube_dim, output| {
             conv2d_forward_kernel::launch(
                 &x.client,
-                calculate_cube_count_elemwise(&x.client, count, cube_dim),
+                cube_count,
                 cube_dim,
                 x.clone().into_tensor_arg(),
                 weight.into_tensor_arg(),
@@ -219,9 +234,8 @@ impl DirectConvBackend for CubeBackend {
                 options.dilation[0],
                 options.dilation[1],
                 dtype_to_storage_type(x.dtype),
-            );
-        }
-        output
+            )
+        })
     }
 
     fn direct_conv2d_x_backward(
@@ -234,15 +248,10 @@ impl DirectConvBackend for CubeBackend {
             return Self::conv2d_x_backward(x, weight, output_grad, options);
         }
         let [weight, grad] = [weight, output_grad].map(into_contiguous);
-        let shape = x.shape();
-        let input_grad =
-            empty_device_dtype(grad.client.clone(), grad.device.clone(), shape, x.dtype);
-        let count = input_grad.meta.shape().num_elements();
-        if count > 0 {
-            let cube_dim = CubeDim::new(&grad.client, count);
+        one_unit_per_value(&grad, x.shape(), |cube_count, cube_dim, input_grad| {
             conv2d_input_grad_kernel::launch(
                 &grad.client,
-                calculate_cube_count_elemwise(&grad.client, count, cube_dim),
+                cube_count,
                 cube_dim,
                 grad.clone().into_tensor_arg(),
                 weight.into_tensor_arg(),
@@ -253,10 +262,9 @@ impl DirectConvBackend for CubeBackend {
                 options.padding[1].0,
                 options.dilation[0],
                 options.dilation[1],
-                dtype_to_storage_type(x.dtype),
-            );
-        }
-        input_grad
+                dtype_to_storage_type(grad.dtype),
+            )
+        })
     }
 
     fn direct_conv2d_weight_backward(
@@ -269,14 +277,10 @@ impl DirectConvBackend for CubeBackend {
             return Self::conv2d_weight_backward(x, weight, output_grad, options);
         }
         let [x, grad] = [x, output_grad].map(into_contiguous);
-        let shape = weight.shape();
-        let weight_grad = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
-        let count = weight_grad.meta.shape().num_elements();
-        if count > 0 {
-            let cube_dim = CubeDim::new(&x.client, count);
+        one_unit_per_value(&x, weight.shape(), |cube_count, cube_dim, weight_grad| {
             conv2d_weight_grad_kernel::launch(
                 &x.client,
-                calculate_cube_count_elemwise(&x.client, count, cube_dim),
+                cube_count,
                 cube_dim,
                 x.clone().into_tensor_arg(),
                 grad.into_tensor_arg(),
@@ -288,8 +292,7 @@ impl DirectConvBackend for CubeBackend {
                 options.dilation[0],
                 options.dilation[1],
                 dtype_to_storage_type(x.dtype),
-            );
-        }
-        weight_grad
+            )
+        })
     }
 }
