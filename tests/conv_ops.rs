@@ -8,9 +8,8 @@ mod common;
 
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor, TensorData};
-use burn_quant::backend::{BackendKind, default_backend};
 use burn_quant::ops::conv2d;
-use common::{assert_close, device, to_vec};
+use common::{assert_close, device, random_cases, to_vec};
 use proptest::prelude::*;
 
 /// One convolution: shapes and options.
@@ -20,15 +19,6 @@ struct Case {
     weight: [usize; 4],
     options: ConvOptions<2>,
     bias: bool,
-}
-
-/// Random cases per run: fewer on the GPU backends (a software device in CI, where each new
-/// shape autotunes Burn's kernels).
-fn case_count() -> u32 {
-    match default_backend() {
-        Ok(BackendKind::Flex | BackendKind::NdArray) => 48,
-        _ => 6,
-    }
 }
 
 fn cases() -> impl Strategy<Value = Case> {
@@ -94,7 +84,7 @@ fn run(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(case_count()))]
+    #![proptest_config(ProptestConfig::with_cases(random_cases(6)))]
 
     #[test]
     fn direct_conv2d_matches_burn_forward_and_gradients(case in cases()) {

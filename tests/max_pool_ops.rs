@@ -8,7 +8,7 @@ mod common;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Distribution, Tensor, TensorData};
 use burn_quant::ops::max_pool2d;
-use common::{assert_close, cpu_cases, device, to_vec};
+use common::{assert_close, device, random_cases, to_vec};
 use proptest::prelude::*;
 
 /// One pooling: input shape and options.
@@ -58,7 +58,7 @@ fn run(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cpu_cases()))]
+    #![proptest_config(ProptestConfig::with_cases(random_cases(0)))]
 
     #[test]
     fn max_pool2d_matches_burn_forward_and_gradient(case in cases()) {
